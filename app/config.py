@@ -1,0 +1,109 @@
+"""Typed settings, read from PALISADE_* environment variables (or a .env file in development)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# The issuer name of the development-only token signer (`palisade dev`); production refuses it.
+DEV_ISSUER = "http://palisade.dev.invalid/dev-issuer"
+
+
+class Mode(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class IssuerConfig(BaseModel):
+    """One trusted OpenID Provider and how its claims map to Palisade's platform roles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str
+    audience: str
+    # Dotted path to a list of role names: Keycloak puts them in `realm_access.roles`,
+    # many other IdPs in a flat `roles` claim.
+    roles_claim: str = "realm_access.roles"
+    # Explicit discovery URL for IdPs reachable at another address than their issuer name.
+    discovery_url: str | None = None
+
+    @property
+    def discovery(self) -> str:
+        return self.discovery_url or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PALISADE_", env_file=".env", extra="ignore")
+
+    mode: Mode = Mode.development
+    # The app role's URL: the only one the running app uses.
+    database_url: str = ""
+    # The admin (schema owner) URL: migrations only.
+    admin_database_url: str = ""
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    issuers: Annotated[list[IssuerConfig], NoDecode] = Field(default_factory=list)
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=120)
+    # JWKS are cached this long, then refetched in the background of the next request.
+    jwks_cache_seconds: int = Field(default=3600, ge=60)
+    # An unknown `kid` refetches the JWKS at most once per this interval, per issuer, so a flood
+    # of tokens with made-up kids cannot hammer the IdP.
+    jwks_refetch_cooldown_seconds: float = Field(default=10.0, ge=0.0)
+    http_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Development-only token signer (`palisade dev`): path to its private key (PEM).
+    dev_issuer_key_file: Path | None = None
+
+    @field_validator("issuers", mode="before")
+    @classmethod
+    def _parse_issuers(cls, value: object) -> object:
+        if isinstance(value, str):
+            from pydantic import TypeAdapter
+
+            return TypeAdapter(list[IssuerConfig]).validate_json(value) if value.strip() else []
+        return value
+
+    @field_validator("database_url", "admin_database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str) -> str:
+        if value and value.startswith("postgresql://"):
+            return "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_strict(self) -> Settings:
+        if self.mode is not Mode.production:
+            return self
+        if self.dev_issuer_key_file is not None:
+            raise ValueError("the development token issuer is refused in production mode")
+        for issuer in self.issuers:
+            if not issuer.issuer.startswith("https://"):
+                raise ValueError(f"issuer {issuer.issuer!r} must use https in production mode")
+        if not self.issuers:
+            raise ValueError("production mode needs at least one OIDC issuer (PALISADE_ISSUERS)")
+        return self
+
+    @property
+    def app_role(self) -> str:
+        """The app role's name, taken from the user of the app database URL."""
+        name = make_url(self.database_url).username if self.database_url else None
+        if not name:
+            raise ValueError("PALISADE_DATABASE_URL must name the app role as its user")
+        return name
+
+    def require(self, *names: str) -> None:
+        """Fail with a message naming each missing setting (never a value)."""
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            raise ValueError("missing settings: " + ", ".join("PALISADE_" + n.upper() for n in missing))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,43 @@
+"""Alembic, driven from code so the installed wheel migrates without an alembic.ini on disk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool
+
+import migrations
+
+ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def alembic_config(*, admin_url: str, app_role: str) -> Config:
+    if not ROLE_NAME.match(app_role):
+        raise ValueError("the app role name must be a plain lower-case identifier")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("file_template", "%%(year)d_%%(month).2d_%%(day).2d_%%(hour).2d%%(minute).2d-%%(rev)s_%%(slug)s")
+    cfg.attributes["admin_url"] = admin_url
+    cfg.attributes["app_role"] = app_role
+    return cfg
+
+
+def upgrade(*, admin_url: str, app_role: str, revision: str = "head") -> None:
+    """Apply migrations as the admin role; creates the app role if it is missing."""
+    command.upgrade(alembic_config(admin_url=admin_url, app_role=app_role), revision)
+
+
+def pending(*, admin_url: str, app_role: str) -> list[str]:
+    """Revisions not yet applied, oldest first."""
+    cfg = alembic_config(admin_url=admin_url, app_role=app_role)
+    script = ScriptDirectory.from_config(cfg)
+    engine = create_engine(admin_url, poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
+    engine.dispose()
+    return [rev.revision for rev in reversed(list(script.iterate_revisions("heads", current or "base")))]
