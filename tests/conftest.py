@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.database"]
+pytest_plugins = ["tests.support.database", "tests.support.idp_fixtures", "tests.support.api"]

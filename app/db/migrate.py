@@ -41,3 +41,11 @@ def pending(*, admin_url: str, app_role: str) -> list[str]:
         current = MigrationContext.configure(conn).get_current_heads()
     engine.dispose()
     return [rev.revision for rev in reversed(list(script.iterate_revisions("heads", current or "base")))]
+
+
+def head_revision() -> str:
+    """The newest revision this build ships (what the database must be at)."""
+    script = ScriptDirectory.from_config(alembic_config(admin_url="", app_role="palisade_app"))
+    head = script.get_current_head()
+    assert head is not None
+    return head

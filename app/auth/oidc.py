@@ -1,0 +1,168 @@
+"""JWT bearer verification against configured OpenID Providers (discovery document + JWKS).
+
+Only asymmetric algorithms are accepted; the algorithm list is fixed here, never taken from the
+token, so `alg: none` and HS256-signed-with-the-public-key both fail. Keys are cached per issuer;
+an unknown `kid` triggers one prompt refetch (key rotation), rate-limited per issuer so a flood of
+made-up kids cannot hammer the IdP.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import jwt
+from jwt import PyJWK
+
+from app.auth.principal import Principal
+from app.config import IssuerConfig, Settings
+from app.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
+
+ALLOWED_ALGORITHMS = frozenset({"RS256", "PS256", "ES256"})
+_KEY_TYPES = {"RSA", "EC"}
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    jwk: PyJWK
+    # The `alg` the JWKS pins this key to, if any; a token must then use exactly that one.
+    declared_alg: str | None
+
+
+class IssuerKeys:
+    """The signing keys of one issuer: fetched via discovery, cached, refetched on rotation."""
+
+    def __init__(
+        self,
+        config: IssuerConfig,
+        *,
+        http: httpx.Client | None,
+        cache_seconds: float,
+        cooldown_seconds: float,
+        static_jwks: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._http = http
+        self._cache_seconds = cache_seconds
+        self._cooldown = cooldown_seconds
+        self._lock = threading.Lock()
+        self._keys: dict[str, SigningKey] = {}
+        self._fetched_at = float("-inf")
+        self._last_unknown_kid_fetch = float("-inf")
+        self._static = static_jwks is not None
+        if static_jwks is not None:
+            self._keys = self._parse(static_jwks)
+
+    def key_for(self, kid: str) -> SigningKey:
+        # One lock per issuer: concurrent requests wait for the single fetch in flight.
+        with self._lock:
+            now = time.monotonic()
+            if not self._static and now - self._fetched_at >= self._cache_seconds:
+                self._refresh(now)
+            if kid not in self._keys and not self._static and now - self._last_unknown_kid_fetch >= self._cooldown:
+                self._last_unknown_kid_fetch = now
+                self._refresh(now)
+            key = self._keys.get(kid)
+        if key is None:
+            raise Unauthenticated()
+        return key
+
+    def _refresh(self, now: float) -> None:
+        assert self._http is not None
+        try:
+            discovery = self._http.get(self.config.discovery).raise_for_status().json()
+            if discovery.get("issuer") != self.config.issuer:
+                raise ValueError("discovery document names another issuer")
+            jwks = self._http.get(discovery["jwks_uri"]).raise_for_status().json()
+            self._keys = self._parse(jwks)
+            self._fetched_at = now
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            # Keep serving with the keys we have; the IdP may be briefly down.
+            log.warning("jwks_refresh_failed", extra={"issuer": self.config.issuer, "error": type(exc).__name__})
+
+    @staticmethod
+    def _parse(jwks: Mapping[str, Any]) -> dict[str, SigningKey]:
+        keys: dict[str, SigningKey] = {}
+        for data in jwks.get("keys", []):
+            if data.get("kty") not in _KEY_TYPES or data.get("use", "sig") != "sig" or "kid" not in data:
+                continue
+            if data.get("alg") is not None and data["alg"] not in ALLOWED_ALGORITHMS:
+                continue
+            try:
+                keys[data["kid"]] = SigningKey(PyJWK(data), data.get("alg"))
+            except jwt.PyJWTError:
+                continue
+        return keys
+
+
+class TokenVerifier:
+    """Verifies bearer tokens from any configured issuer and maps them to a Principal."""
+
+    def __init__(self, settings: Settings, *, static_issuers: Mapping[str, tuple[IssuerConfig, Mapping[str, Any]]] | None = None) -> None:
+        self._leeway = settings.jwt_leeway_seconds
+        self._http = httpx.Client(timeout=settings.http_timeout_seconds, follow_redirects=False)
+        self._issuers: dict[str, IssuerKeys] = {
+            cfg.issuer: IssuerKeys(
+                cfg,
+                http=self._http,
+                cache_seconds=settings.jwks_cache_seconds,
+                cooldown_seconds=settings.jwks_refetch_cooldown_seconds,
+            )
+            for cfg in settings.issuers
+        }
+        for name, (cfg, jwks) in (static_issuers or {}).items():
+            self._issuers[name] = IssuerKeys(cfg, http=None, cache_seconds=0, cooldown_seconds=0, static_jwks=jwks)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def verify(self, token: str) -> Principal:
+        """Return the principal of a valid token; raise Unauthenticated (no reason given) otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+            alg = header.get("alg")
+            kid = header.get("kid")
+            if alg not in ALLOWED_ALGORITHMS or not isinstance(kid, str):
+                raise Unauthenticated()
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            keys = self._issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
+            if keys is None:
+                raise Unauthenticated()
+            key = keys.key_for(kid)
+            if key.declared_alg is not None and key.declared_alg != alg:
+                raise Unauthenticated()
+            claims = jwt.decode(
+                token,
+                key.jwk.key,
+                algorithms=[alg],
+                audience=keys.config.audience,
+                issuer=keys.config.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError:
+            raise Unauthenticated() from None
+        roles = _dotted(claims, keys.config.roles_claim)
+        return Principal(
+            issuer=claims["iss"],
+            subject=str(claims["sub"]),
+            token_roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
+            email=claims.get("email") if isinstance(claims.get("email"), str) else None,
+            name=claims.get("name") if isinstance(claims.get("name"), str) else None,
+        )
+
+
+def _dotted(claims: Mapping[str, Any], path: str) -> Any:
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value

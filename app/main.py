@@ -1,0 +1,108 @@
+"""`create_app()`: the FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from sqlalchemy import text
+
+from app import problems
+from app.auth.dependencies import get_principal
+from app.auth.oidc import TokenVerifier
+from app.config import Mode, Settings, get_settings
+from app.db.session import make_engine, make_session_factory
+from app.knowledge.router import router as knowledge_router
+from app.tenancy.router import router as tenancy_router
+
+log = logging.getLogger(__name__)
+
+_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class StartupRefused(RuntimeError):
+    """The app will not serve: production mode and `palisade doctor` found a problem."""
+
+
+def _verifier(settings: Settings) -> TokenVerifier:
+    static = {}
+    if settings.dev_issuer_key_file is not None:
+        from app.auth import dev_issuer
+
+        key = dev_issuer.load_or_create_key(settings.dev_issuer_key_file)
+        static[dev_issuer.DEV_ISSUER_CONFIG.issuer] = (dev_issuer.DEV_ISSUER_CONFIG, dev_issuer.public_jwks(key))
+    return TokenVerifier(settings, static_issuers=static)
+
+
+def _refuse_unsafe_database(settings: Settings) -> None:
+    from app.db.doctor import run_doctor
+    from app.db.migrate import head_revision
+
+    report = run_doctor(settings.database_url, expected_head=head_revision())
+    if not report.ok:
+        for finding in report.findings:
+            log.error("doctor_finding", extra={"check": finding.check, "subject": finding.subject})
+        raise StartupRefused("palisade doctor failed: " + "; ".join(f"{f.subject}: {f.message}" for f in report.findings))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.require("database_url")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.mode is Mode.production:
+            _refuse_unsafe_database(settings)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        app.state.engine = engine
+        app.state.sessions = make_session_factory(engine)
+        app.state.verifier = _verifier(settings)
+        try:
+            yield
+        finally:
+            app.state.verifier.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Palisade",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    problems.install(app)
+
+    @app.middleware("http")
+    async def correlation_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        incoming = request.headers.get("x-correlation-id", "")
+        request.state.correlation_id = incoming if _CORRELATION_ID.match(incoming) else uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Correlation-ID"] = request.state.correlation_id
+        return response
+
+    # Public on purpose: probes carry no token and reveal nothing.
+    @app.get("/health/live", tags=["health"], include_in_schema=False)
+    def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["health"], include_in_schema=False)
+    def ready(request: Request) -> Response:
+        try:
+            with request.app.state.engine.connect() as conn:
+                conn.execute(text("select 1"))
+        except Exception:
+            return problems.problem(503, detail="The database is not reachable.")
+        return Response(content='{"status":"ok"}', media_type="application/json")
+
+    # Authenticated by default: every API route carries the bearer-token dependency.
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
+    api.include_router(tenancy_router)
+    api.include_router(knowledge_router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,50 @@
+"""RFC 9457 problem details for every error: no stack trace, no internal detail."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import DomainError, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+# What a client sees on 401; the reason (expired, bad signature, unknown issuer...) stays server-side.
+WWW_AUTHENTICATE = 'Bearer realm="palisade"'
+
+
+def problem(status: int, *, detail: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if isinstance(exc, Unauthenticated) else None
+        return problem(exc.status, detail=exc.detail, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Field locations and messages only: the offending input is never echoed back.
+        errors = [{"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")} for err in exc.errors()]
+        return problem(422, detail="The request is not valid.", errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error")
+        return problem(500)

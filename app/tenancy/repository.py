@@ -1,0 +1,88 @@
+"""Queries for tenancy. Every one runs under the transaction's tenant context (RLS filters rows)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.tenancy.models import Invitation, Tenant, TenantMembership, User, Workspace, WorkspaceMembership
+
+
+def find_member(session: Session, *, issuer: str, subject: str) -> tuple[User, TenantMembership] | None:
+    row = session.execute(
+        select(User, TenantMembership)
+        .join(TenantMembership, (TenantMembership.tenant_id == User.tenant_id) & (TenantMembership.user_id == User.id))
+        .where(User.issuer == issuer, User.subject == subject)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def find_user(session: Session, *, issuer: str, subject: str) -> User | None:
+    return session.scalars(select(User).where(User.issuer == issuer, User.subject == subject)).first()
+
+
+def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
+    return session.get(Tenant, tenant_id)
+
+
+def list_tenants(session: Session) -> Sequence[Tenant]:
+    return session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)).all()
+
+
+def tenant_members(session: Session) -> Sequence[tuple[User, TenantMembership]]:
+    rows = session.execute(
+        select(User, TenantMembership)
+        .join(TenantMembership, (TenantMembership.tenant_id == User.tenant_id) & (TenantMembership.user_id == User.id))
+        .order_by(User.created_at, User.id)
+    ).all()
+    return [(u, m) for u, m in rows]
+
+
+def tenant_membership(session: Session, user_id: uuid.UUID) -> TenantMembership | None:
+    return session.scalars(select(TenantMembership).where(TenantMembership.user_id == user_id)).first()
+
+
+def count_customer_admins(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(TenantMembership).where(TenantMembership.role == "customer_admin")) or 0
+
+
+def get_workspace(session: Session, workspace_id: uuid.UUID) -> Workspace | None:
+    return session.scalars(select(Workspace).where(Workspace.id == workspace_id)).first()
+
+
+def workspace_membership(session: Session, *, workspace_id: uuid.UUID, user_id: uuid.UUID) -> WorkspaceMembership | None:
+    return session.scalars(
+        select(WorkspaceMembership).where(WorkspaceMembership.workspace_id == workspace_id, WorkspaceMembership.user_id == user_id)
+    ).first()
+
+
+def workspaces_for(session: Session, *, user_id: uuid.UUID | None) -> Sequence[Workspace]:
+    """All the tenant's workspaces (user_id None), or those the user is a member of."""
+    query = select(Workspace).order_by(Workspace.created_at, Workspace.id)
+    if user_id is not None:
+        query = query.join(
+            WorkspaceMembership,
+            (WorkspaceMembership.tenant_id == Workspace.tenant_id) & (WorkspaceMembership.workspace_id == Workspace.id),
+        ).where(WorkspaceMembership.user_id == user_id)
+    return session.scalars(query).all()
+
+
+def workspace_members(session: Session, workspace_id: uuid.UUID) -> Sequence[tuple[User, WorkspaceMembership]]:
+    rows = session.execute(
+        select(User, WorkspaceMembership)
+        .join(WorkspaceMembership, (WorkspaceMembership.tenant_id == User.tenant_id) & (WorkspaceMembership.user_id == User.id))
+        .where(WorkspaceMembership.workspace_id == workspace_id)
+        .order_by(WorkspaceMembership.created_at, User.id)
+    ).all()
+    return [(u, m) for u, m in rows]
+
+
+def invitation_by_hash(session: Session, token_hash: str) -> Invitation | None:
+    return session.scalars(select(Invitation).where(Invitation.token_hash == token_hash).with_for_update()).first()
+
+
+def slug_taken(session: Session, model: type[Workspace] | type[Tenant], slug: str) -> bool:
+    return session.scalar(select(func.count()).select_from(model).where(model.slug == slug)) > 0

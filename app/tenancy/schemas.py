@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field, StringConstraints, model_validator
+
+from app.authz.roles import TenantRole, WorkspaceRole
+from app.schemas import Email, Name, Output, Slug, StrictInput
+
+
+class TenantCreate(StrictInput):
+    name: Name
+    slug: Slug
+
+
+class TenantRead(Output):
+    id: uuid.UUID
+    name: str
+    slug: str
+    created_at: datetime
+
+
+class TenantCreated(TenantRead):
+    # Shown once: the one-time invitation for the tenant's first customer_admin.
+    admin_invitation_token: str
+
+
+class MemberRead(Output):
+    user_id: uuid.UUID
+    issuer: str
+    subject: str
+    display_name: str | None
+    email: str | None
+    role: str
+
+
+class TenantMemberUpdate(StrictInput):
+    role: TenantRole
+
+
+class InvitationCreate(StrictInput):
+    email: Email | None = None
+    tenant_role: TenantRole = TenantRole.member
+    workspace_id: uuid.UUID | None = None
+    workspace_role: WorkspaceRole | None = None
+
+    @model_validator(mode="after")
+    def _workspace_pair(self) -> InvitationCreate:
+        if (self.workspace_id is None) != (self.workspace_role is None):
+            raise ValueError("workspace_id and workspace_role go together")
+        return self
+
+
+class InvitationCreated(Output):
+    # Shown once; only its hash is stored.
+    token: str
+
+
+class InvitationAccept(StrictInput):
+    token: Annotated[str, StringConstraints(min_length=10, max_length=200)]
+
+
+class InvitationAccepted(Output):
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+
+
+class WorkspaceCreate(StrictInput):
+    name: Name
+    slug: Slug
+
+
+class WorkspaceUpdate(StrictInput):
+    name: Name
+
+
+class WorkspaceRead(Output):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    name: str
+    slug: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkspaceMemberUpdate(StrictInput):
+    role: WorkspaceRole
+
+
+class WorkspaceList(Output):
+    items: list[WorkspaceRead] = Field(max_length=10_000)

@@ -1,0 +1,325 @@
+"""Tenancy rules: tenants, members, invitations, workspaces and workspace members.
+
+Services flush, never commit: the request owns the transaction, and audit rows ride in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.audit.service import Category
+from app.auth.principal import INTERNAL_ADMIN, Principal
+from app.authz.roles import TenantRole, WorkspaceRole, granting_rank
+from app.authz.scope import TenantScope, WorkspaceScope
+from app.db.session import DbContext, apply_context, current_context
+from app.errors import Conflict, Forbidden, NotFound
+from app.tenancy import repository as repo
+from app.tenancy.models import Invitation, Tenant, TenantMembership, User, Workspace, WorkspaceMembership
+
+INVITATION_TTL = timedelta(days=7)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- tenants -------------------------------------------------------------------------------------
+
+
+def create_tenant(session: Session, *, principal: Principal, meta: audit.RequestMeta, name: str, slug: str) -> tuple[Tenant, str]:
+    """Create a tenant and the one-time invitation for its first customer_admin (vendor staff only)."""
+    apply_context(session, DbContext(platform_role=INTERNAL_ADMIN))
+    if repo.slug_taken(session, Tenant, slug):
+        raise Conflict("A tenant with this slug exists.")
+    tenant = Tenant(id=uuid.uuid4(), name=name, slug=slug)
+    apply_context(session, DbContext(tenant_id=tenant.id, platform_role=INTERNAL_ADMIN))
+    session.add(tenant)
+    session.flush()
+    token = _new_invitation(session, tenant_id=tenant.id, tenant_role=TenantRole.customer_admin, invited_by=None)
+    actor = audit.Actor(issuer=principal.issuer, subject=principal.subject, user_id=None, role=INTERNAL_ADMIN)
+    audit.record(
+        session, tenant_id=tenant.id, actor=actor, meta=meta, category=Category.vendor_access,
+        action="tenant.create", target_type="tenant", target_id=tenant.id, details={"slug": slug},
+    )
+    return tenant, token
+
+
+def bootstrap_tenant(session: Session, *, name: str, slug: str, admin_issuer: str, admin_subject: str) -> Tenant:
+    """Create a tenant with its first customer_admin directly (operator CLI, no invitation)."""
+    tenant = Tenant(id=uuid.uuid4(), name=name, slug=slug)
+    apply_context(session, DbContext(tenant_id=tenant.id))
+    session.add(tenant)
+    session.flush()
+    user = User(tenant_id=tenant.id, id=uuid.uuid4(), issuer=admin_issuer, subject=admin_subject)
+    session.add(user)
+    session.flush()
+    session.add(TenantMembership(tenant_id=tenant.id, user_id=user.id, role=TenantRole.customer_admin.value))
+    actor = audit.Actor(issuer=None, subject="palisade-cli", user_id=None, role="operator")
+    audit.record(
+        session, tenant_id=tenant.id, actor=actor, meta=audit.RequestMeta(), category=Category.configuration_change,
+        action="tenant.create", target_type="tenant", target_id=tenant.id, details={"slug": slug, "admin_user_id": str(user.id)},
+    )
+    session.flush()
+    return tenant
+
+
+def list_tenants(session: Session) -> Sequence[Tenant]:
+    """Every tenant's metadata (vendor staff): the tenants policy opens only for internal_admin."""
+    apply_context(session, DbContext(platform_role=INTERNAL_ADMIN))
+    return repo.list_tenants(session)
+
+
+def get_tenant(scope: TenantScope) -> Tenant:
+    tenant = repo.get_tenant(scope.session, scope.tenant_id)
+    if tenant is None:
+        raise NotFound()
+    return tenant
+
+
+# --- tenant members ------------------------------------------------------------------------------
+
+
+def list_members(scope: TenantScope) -> Sequence[tuple[User, TenantMembership]]:
+    return repo.tenant_members(scope.session)
+
+
+def _member(scope: TenantScope, user_id: uuid.UUID) -> TenantMembership:
+    membership = repo.tenant_membership(scope.session, user_id)
+    if membership is None:
+        raise NotFound()
+    return membership
+
+
+def _keep_one_admin(scope: TenantScope, membership: TenantMembership) -> None:
+    if membership.role == TenantRole.customer_admin and repo.count_customer_admins(scope.session) <= 1:
+        raise Conflict("A tenant keeps at least one customer_admin.")
+
+
+def change_tenant_role(scope: TenantScope, *, user_id: uuid.UUID, role: TenantRole) -> TenantMembership:
+    membership = _member(scope, user_id)
+    before = membership.role
+    if before == role:
+        return membership
+    if role is not TenantRole.customer_admin:
+        _keep_one_admin(scope, membership)
+    membership.role = role.value
+    scope.session.flush()
+    scope.audit(category=Category.role_change, action="tenant_member.role_change", target_type="user", target_id=user_id,
+                details={"before": before, "after": role.value})
+    return membership
+
+
+def remove_member(scope: TenantScope, *, user_id: uuid.UUID) -> None:
+    """Remove a user from the tenant and all its workspaces; the user row stays for the audit trail."""
+    membership = _member(scope, user_id)
+    _keep_one_admin(scope, membership)
+    for workspace in repo.workspaces_for(scope.session, user_id=user_id):
+        ws_membership = repo.workspace_membership(scope.session, workspace_id=workspace.id, user_id=user_id)
+        if ws_membership is not None:
+            scope.session.delete(ws_membership)
+    scope.session.delete(membership)
+    scope.session.flush()
+    scope.audit(category=Category.membership_removal, action="tenant_member.remove", target_type="user", target_id=user_id,
+                details={"before": membership.role})
+
+
+# --- invitations ---------------------------------------------------------------------------------
+
+
+def _new_invitation(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    tenant_role: TenantRole,
+    invited_by: uuid.UUID | None,
+    email: str | None = None,
+    workspace_id: uuid.UUID | None = None,
+    workspace_role: WorkspaceRole | None = None,
+) -> str:
+    secret = secrets.token_urlsafe(32)
+    session.add(
+        Invitation(
+            tenant_id=tenant_id, id=uuid.uuid4(), token_hash=_hash(secret), email=email, tenant_role=tenant_role.value,
+            workspace_id=workspace_id, workspace_role=workspace_role.value if workspace_role else None,
+            invited_by=invited_by, expires_at=datetime.now(UTC) + INVITATION_TTL,
+        )
+    )
+    session.flush()
+    # The tenant id travels in the token so accepting it never needs a cross-tenant lookup.
+    return f"{tenant_id}.{secret}"
+
+
+def create_invitation(
+    scope: TenantScope,
+    *,
+    email: str | None,
+    tenant_role: TenantRole,
+    workspace_id: uuid.UUID | None,
+    workspace_role: WorkspaceRole | None,
+) -> str:
+    """Invite someone; the inviter can grant neither a tenant nor a workspace role above their own."""
+    if tenant_role is TenantRole.customer_admin and not scope.is_customer_admin:
+        raise Forbidden("Only a customer_admin can invite a customer_admin.")
+    if workspace_id is None and not scope.is_customer_admin:
+        raise Forbidden("Invite into a workspace you administer.")
+    if workspace_id is not None:
+        workspace = repo.get_workspace(scope.session, workspace_id)
+        own = repo.workspace_membership(scope.session, workspace_id=workspace_id, user_id=scope.user_id) if scope.user_id else None
+        if workspace is None or (own is None and not scope.is_customer_admin):
+            raise NotFound()
+        own_role = WorkspaceRole(own.role) if own else None
+        assert scope.tenant_role is not None and workspace_role is not None
+        if not scope.is_customer_admin and own_role is not None and own_role.rank < WorkspaceRole.admin.rank:
+            raise Forbidden("Only a workspace admin can invite.")
+        if workspace_role.rank > granting_rank(tenant_role=scope.tenant_role, workspace_role=own_role):
+            raise Forbidden("You cannot grant a role above your own.")
+    token = _new_invitation(
+        scope.session, tenant_id=scope.tenant_id, tenant_role=tenant_role, invited_by=scope.user_id, email=email,
+        workspace_id=workspace_id, workspace_role=workspace_role,
+    )
+    scope.audit(category=Category.invitation, action="invitation.create", target_type="invitation",
+                workspace_id=workspace_id,
+                details={"tenant_role": tenant_role.value, "workspace_role": workspace_role.value if workspace_role else None})
+    return token
+
+
+def accept_invitation(session: Session, *, principal: Principal, meta: audit.RequestMeta, token: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """Join the inviting tenant (and workspace); returns (tenant_id, user_id). Bad tokens are 404."""
+    tenant_part, _, secret = token.partition(".")
+    try:
+        tenant_id = uuid.UUID(tenant_part)
+    except ValueError:
+        raise NotFound() from None
+    apply_context(session, DbContext(tenant_id=tenant_id))
+    invitation = repo.invitation_by_hash(session, _hash(secret))
+    if invitation is None or invitation.accepted_at is not None or invitation.expires_at <= datetime.now(UTC):
+        raise NotFound()
+    user = repo.find_user(session, issuer=principal.issuer, subject=principal.subject)
+    if user is None:
+        user = User(tenant_id=tenant_id, id=uuid.uuid4(), issuer=principal.issuer, subject=principal.subject,
+                    display_name=principal.name, email=principal.email)
+        session.add(user)
+        session.flush()
+    apply_context(session, DbContext(tenant_id=tenant_id, user_id=user.id))
+    membership = repo.tenant_membership(session, user.id)
+    if membership is None:
+        session.add(TenantMembership(tenant_id=tenant_id, user_id=user.id, role=invitation.tenant_role))
+    elif invitation.tenant_role == TenantRole.customer_admin:
+        membership.role = TenantRole.customer_admin.value
+    if invitation.workspace_id is not None and invitation.workspace_role is not None:
+        _grant_workspace_role(session, workspace_id=invitation.workspace_id, user_id=user.id, role=WorkspaceRole(invitation.workspace_role))
+    invitation.accepted_at = datetime.now(UTC)
+    invitation.accepted_by = user.id
+    session.flush()
+    actor = audit.Actor(issuer=principal.issuer, subject=principal.subject, user_id=user.id, role=invitation.tenant_role)
+    audit.record(
+        session, tenant_id=tenant_id, actor=actor, meta=meta, category=Category.invitation, action="invitation.accept",
+        workspace_id=invitation.workspace_id, target_type="invitation", target_id=invitation.id,
+        details={"tenant_role": invitation.tenant_role, "workspace_role": invitation.workspace_role},
+    )
+    return tenant_id, user.id
+
+
+def _grant_workspace_role(session: Session, *, workspace_id: uuid.UUID, user_id: uuid.UUID, role: WorkspaceRole) -> WorkspaceMembership:
+    existing = repo.workspace_membership(session, workspace_id=workspace_id, user_id=user_id)
+    if existing is None:
+        existing = WorkspaceMembership(tenant_id=current_context(session).tenant_id, workspace_id=workspace_id, user_id=user_id, role=role.value)
+        session.add(existing)
+    elif WorkspaceRole(existing.role).rank < role.rank:
+        existing.role = role.value
+    session.flush()
+    return existing
+
+
+# --- workspaces ----------------------------------------------------------------------------------
+
+
+def create_workspace(scope: TenantScope, *, name: str, slug: str) -> Workspace:
+    """A customer_admin creates a workspace (a client brand) and becomes its owner."""
+    if repo.slug_taken(scope.session, Workspace, slug):
+        raise Conflict("A workspace with this slug exists.")
+    workspace = Workspace(tenant_id=scope.tenant_id, id=uuid.uuid4(), name=name, slug=slug)
+    scope.session.add(workspace)
+    scope.session.flush()
+    assert scope.user_id is not None
+    scope.session.add(WorkspaceMembership(tenant_id=scope.tenant_id, workspace_id=workspace.id, user_id=scope.user_id, role=WorkspaceRole.owner.value))
+    scope.session.flush()
+    scope.audit(category=Category.configuration_change, action="workspace.create", workspace_id=workspace.id,
+                target_type="workspace", target_id=workspace.id, details={"slug": slug})
+    return workspace
+
+
+def list_workspaces(scope: TenantScope) -> Sequence[Workspace]:
+    return repo.workspaces_for(scope.session, user_id=None if scope.is_customer_admin else scope.user_id)
+
+
+def get_workspace(scope: WorkspaceScope) -> Workspace:
+    workspace = repo.get_workspace(scope.session, scope.workspace_id)
+    if workspace is None:
+        raise NotFound()
+    return workspace
+
+
+def update_workspace(scope: WorkspaceScope, *, name: str) -> Workspace:
+    workspace = get_workspace(scope)
+    before = workspace.name
+    workspace.name = name
+    scope.session.flush()
+    scope.audit(category=Category.configuration_change, action="workspace.update", target_type="workspace",
+                target_id=workspace.id, details={"before": {"name_changed": before != name}})
+    return workspace
+
+
+def delete_workspace(scope: WorkspaceScope) -> None:
+    if not (scope.is_customer_admin or scope.workspace_role is WorkspaceRole.owner):
+        raise Forbidden("Only the workspace owner or a customer_admin can delete a workspace.")
+    workspace = get_workspace(scope)
+    scope.session.delete(workspace)
+    scope.session.flush()
+    scope.audit(category=Category.data_deletion, action="workspace.delete", target_type="workspace", target_id=workspace.id,
+                details={"slug": workspace.slug})
+
+
+# --- workspace members ---------------------------------------------------------------------------
+
+
+def list_workspace_members(scope: WorkspaceScope) -> Sequence[tuple[User, WorkspaceMembership]]:
+    return repo.workspace_members(scope.session, scope.workspace_id)
+
+
+def set_workspace_role(scope: WorkspaceScope, *, user_id: uuid.UUID, role: WorkspaceRole) -> WorkspaceMembership:
+    """Grant or change a member's role; nobody grants, or overrides, a role above their own."""
+    if repo.tenant_membership(scope.session, user_id) is None:
+        raise NotFound()
+    existing = repo.workspace_membership(scope.session, workspace_id=scope.workspace_id, user_id=user_id)
+    before = existing.role if existing else None
+    if role.rank > scope.granting_rank or (before and WorkspaceRole(before).rank > scope.granting_rank):
+        raise Forbidden("You cannot grant a role above your own.")
+    if existing is None:
+        existing = WorkspaceMembership(tenant_id=scope.tenant_id, workspace_id=scope.workspace_id, user_id=user_id, role=role.value)
+        scope.session.add(existing)
+    else:
+        existing.role = role.value
+    scope.session.flush()
+    scope.audit(category=Category.role_change, action="workspace_member.set_role", target_type="user", target_id=user_id,
+                details={"before": before, "after": role.value})
+    return existing
+
+
+def remove_workspace_member(scope: WorkspaceScope, *, user_id: uuid.UUID) -> None:
+    existing = repo.workspace_membership(scope.session, workspace_id=scope.workspace_id, user_id=user_id)
+    if existing is None:
+        raise NotFound()
+    if WorkspaceRole(existing.role).rank > scope.granting_rank:
+        raise Forbidden("You cannot remove a member whose role is above your own.")
+    scope.session.delete(existing)
+    scope.session.flush()
+    scope.audit(category=Category.membership_removal, action="workspace_member.remove", target_type="user", target_id=user_id,
+                details={"before": existing.role})

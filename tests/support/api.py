@@ -1,0 +1,126 @@
+"""API fixtures: the real app (real PostgreSQL as the app role, real IdP tokens) and a world builder."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import IssuerConfig, Settings
+from app.main import create_app
+from tests.support.database import TestDatabase
+from tests.support.idp import TestIdP
+
+
+def settings_for(database: TestDatabase, *idps: TestIdP, **overrides: Any) -> Settings:
+    issuers = [IssuerConfig(issuer=i.issuer, audience=i.audience) for i in idps]
+    return Settings(_env_file=None, database_url=database.app_url, issuers=issuers, **overrides)
+
+
+@pytest.fixture(scope="session")
+def client(database: TestDatabase, idp: TestIdP) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(database, idp)), raise_server_exceptions=False) as c:
+        yield c
+
+
+@dataclass
+class Caller:
+    """A person with a real token from the test IdP."""
+
+    client: TestClient
+    subject: str
+    token: str
+
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
+        return self.client.request(method, url, headers=headers, **kw)
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", url, **kw)
+
+    def patch(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("PATCH", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("PUT", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kw)
+
+
+def person(client: TestClient, idp: TestIdP, *, roles: list[str] | None = None, **claims: Any) -> Caller:
+    subject = f"user-{secrets.token_hex(6)}"
+    token_claims = {"realm_access": {"roles": roles or []}, **claims}
+    return Caller(client, subject, idp.token(subject, claims=token_claims))
+
+
+@dataclass
+class World:
+    """A tenant made through the API: its customer_admin, two workspaces, and helpers to add people."""
+
+    client: TestClient
+    idp: TestIdP
+    tenant_id: uuid.UUID
+    admin: Caller
+    workspaces: list[uuid.UUID] = field(default_factory=list)
+    user_ids: dict[str, uuid.UUID] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"/api/v1/tenants/{self.tenant_id}"
+
+    def ws(self, index: int) -> str:
+        return f"{self.base}/workspaces/{self.workspaces[index]}"
+
+    def join(self, *, workspace: int | None = None, role: str | None = None, tenant_role: str = "member") -> Caller:
+        """A new person who accepted an invitation from the customer_admin."""
+        body: dict[str, Any] = {"tenant_role": tenant_role}
+        if workspace is not None:
+            body |= {"workspace_id": str(self.workspaces[workspace]), "workspace_role": role}
+        invite = self.admin.post(f"{self.base}/invitations", json=body)
+        assert invite.status_code == 201, invite.text
+        newcomer = person(self.client, self.idp)
+        accepted = newcomer.post("/api/v1/invitations/accept", json={"token": invite.json()["token"]})
+        assert accepted.status_code == 200, accepted.text
+        self.user_ids[newcomer.subject] = uuid.UUID(accepted.json()["user_id"])
+        return newcomer
+
+
+def make_world(client: TestClient, idp: TestIdP, vendor: Caller) -> World:
+    slug = f"t-{secrets.token_hex(5)}"
+    created = vendor.post("/api/v1/tenants", json={"name": f"Tenant {slug}", "slug": slug})
+    assert created.status_code == 201, created.text
+    admin = person(client, idp)
+    accepted = admin.post("/api/v1/invitations/accept", json={"token": created.json()["admin_invitation_token"]})
+    assert accepted.status_code == 200, accepted.text
+    world = World(client, idp, uuid.UUID(created.json()["id"]), admin)
+    world.user_ids[admin.subject] = uuid.UUID(accepted.json()["user_id"])
+    for brand in ("brand-a", "brand-b"):
+        ws = admin.post(f"{world.base}/workspaces", json={"name": brand, "slug": brand})
+        assert ws.status_code == 201, ws.text
+        world.workspaces.append(uuid.UUID(ws.json()["id"]))
+    return world
+
+
+@pytest.fixture(scope="session")
+def vendor(client: TestClient, idp: TestIdP) -> Caller:
+    return person(client, idp, roles=["internal_admin"])
+
+
+@pytest.fixture
+def world(client: TestClient, idp: TestIdP, vendor: Caller) -> World:
+    return make_world(client, idp, vendor)
+
+
+@pytest.fixture
+def other_world(client: TestClient, idp: TestIdP, vendor: Caller) -> World:
+    return make_world(client, idp, vendor)
