@@ -1,0 +1,244 @@
+"""The `palisade` command: migrate, serve, doctor, tenant create, dev, dev-token."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.config import DEV_ISSUER, Mode, Settings, get_settings
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Palisade: multi-tenant AI workspace appliance.")
+tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants (operator commands).")
+cli.add_typer(tenant_cli, name="tenant")
+
+DEV_DIR = Path(".palisade")
+DEV_DB, DEV_ADMIN_ROLE, DEV_APP_ROLE = "palisade", "palisade_admin", "palisade_app"
+DEMO_SLUG, DEMO_ADMIN_SUBJECT = "demo", "demo-admin"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as exc:  # pydantic's ValidationError names fields, never values of secrets
+        raise _fail(f"configuration error: {exc}") from None
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations with the admin URL (creates the app role if missing)."""
+    from app.db.migrate import upgrade
+
+    settings = _settings()
+    try:
+        settings.require("admin_database_url", "database_url")
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    upgrade(admin_url=settings.admin_database_url, app_role=settings.app_role)
+    typer.echo("migrations applied")
+
+
+@cli.command()
+def doctor() -> None:
+    """Check, as the app role, that the database enforces tenant isolation; exit 1 if not."""
+    settings = _settings()
+    try:
+        settings.require("database_url")
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    report = _doctor(settings.database_url)
+    for finding in report.findings:
+        typer.secho(f"FAIL {finding.check}: {finding.subject}: {finding.message}", fg=typer.colors.RED, err=True)
+    if not report.ok:
+        raise typer.Exit(code=1)
+    typer.echo(f"doctor: all {len(report.checks_run)} checks passed")
+
+
+def _doctor(app_url: str):
+    from app.db.doctor import run_doctor
+    from app.db.migrate import head_revision
+
+    return run_doctor(app_url, expected_head=head_revision())
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Listen address; behind a proxy keep it on localhost.")] = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+) -> None:
+    """Run the API server (refuses to start in production mode when doctor fails)."""
+    import uvicorn
+
+    _settings()
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                proxy_headers=False, server_header=False, log_level="info")
+
+
+@tenant_cli.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Option(help="Display name.")],
+    slug: Annotated[str, typer.Option(help="Unique short name: lower-case letters, digits, dashes.")],
+    admin_issuer: Annotated[str, typer.Option(help="Issuer of the first customer_admin's tokens.")],
+    admin_subject: Annotated[str, typer.Option(help="Subject (`sub`) of the first customer_admin.")],
+) -> None:
+    """Create a tenant with its first customer_admin (as the app role, audited)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from app.schemas import Name, Slug
+
+    try:
+        TypeAdapter(Name).validate_python(name)
+        TypeAdapter(Slug).validate_python(slug)
+    except ValidationError:
+        raise _fail("invalid name or slug (slug: lower-case letters, digits and dashes, at most 63)") from None
+    settings = _settings()
+    tenant_id = _create_tenant(settings.database_url, name=name, slug=slug, issuer=admin_issuer, subject=admin_subject)
+    typer.echo(str(tenant_id))
+
+
+def _create_tenant(app_url: str, *, name: str, slug: str, issuer: str, subject: str):
+    from app.db.session import make_engine, make_session_factory
+    from app.tenancy import service
+
+    engine = make_engine(app_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            return service.bootstrap_tenant(session, name=name, slug=slug, admin_issuer=issuer, admin_subject=subject).id
+    finally:
+        engine.dispose()
+
+
+# --- development quick start ---------------------------------------------------------------------
+
+
+@cli.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="Where the private cluster and dev keys live.")] = DEV_DIR,
+    port: int = 8000,
+    serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the API after setting up.")] = True,
+) -> None:
+    """Quick start: private PostgreSQL, migrations, a demo tenant, a dev token, and the API."""
+    from app.db.cluster import LocalCluster
+
+    if get_settings().mode is Mode.production:
+        raise _fail("palisade dev is a development command; PALISADE_MODE is production")
+    data_dir = data_dir.resolve()
+    cluster = LocalCluster(data_dir / "pgdata", port=5433)
+    typer.echo(f"starting private PostgreSQL in {data_dir / 'pgdata'} (Unix socket only)")
+    cluster.start()
+    try:
+        _dev(cluster, data_dir=data_dir, port=port, serve_api=serve_api)
+    finally:
+        cluster.stop()
+
+
+def _dev(cluster, *, data_dir: Path, port: int, serve_api: bool) -> None:
+    import uvicorn
+
+    from app.auth import dev_issuer
+    from app.main import create_app
+
+    admin_url = cluster.url_for(user=DEV_ADMIN_ROLE, database=DEV_DB)
+    app_url = cluster.url_for(user=DEV_APP_ROLE, database=DEV_DB)
+    _ensure_dev_database(cluster.superuser_url)
+
+    from app.db.migrate import upgrade
+
+    upgrade(admin_url=admin_url, app_role=DEV_APP_ROLE)
+    key_file = data_dir / "dev-issuer.pem"
+    key = dev_issuer.load_or_create_key(key_file)
+    tenant_id = _ensure_demo_tenant(cluster.superuser_url, app_url)
+    report = _doctor(app_url)
+    if not report.ok:
+        raise _fail("doctor failed on the dev database: " + "; ".join(f.subject for f in report.findings))
+    token = dev_issuer.mint_token(key, subject=DEMO_ADMIN_SUBJECT)
+    typer.echo(
+        f"\nPalisade (development) on http://127.0.0.1:{port}  (OpenAPI: /api/v1/docs)\n"
+        f"demo tenant: {tenant_id}  (slug '{DEMO_SLUG}', two workspaces, user '{DEMO_ADMIN_SUBJECT}')\n"
+        f"bearer token for {DEMO_ADMIN_SUBJECT} (12 h; more with `palisade dev-token`):\n\n{token}\n\n"
+        f"try: curl -H 'Authorization: Bearer <token>' http://127.0.0.1:{port}/api/v1/tenants/{tenant_id}/workspaces\n"
+    )
+    if serve_api:
+        settings = Settings(_env_file=None, mode=Mode.development, database_url=app_url, dev_issuer_key_file=key_file)
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, server_header=False, log_level="info")
+
+
+def _ensure_dev_database(superuser_url: str) -> None:
+    from sqlalchemy import create_engine, pool, text
+
+    engine = create_engine(superuser_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if not conn.scalar(text("select 1 from pg_roles where rolname = :r"), {"r": DEV_ADMIN_ROLE}):
+            # Like a managed service's admin: owns the database, may create roles, is no superuser.
+            conn.execute(text(f"CREATE ROLE {DEV_ADMIN_ROLE} LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS"))
+        if not conn.scalar(text("select 1 from pg_database where datname = :d"), {"d": DEV_DB}):
+            conn.execute(text(f"CREATE DATABASE {DEV_DB} OWNER {DEV_ADMIN_ROLE}"))
+    engine.dispose()
+
+
+def _ensure_demo_tenant(superuser_url: str, app_url: str):
+    from sqlalchemy import create_engine, pool, text
+    from sqlalchemy.engine import make_url
+
+    from app.audit.service import RequestMeta
+    from app.auth.principal import Principal
+    from app.authz.roles import TenantRole
+    from app.authz.scope import TenantScope
+    from app.db.session import DbContext, apply_context, make_engine, make_session_factory
+    from app.tenancy import repository as repo
+    from app.tenancy import service
+
+    engine = make_engine(app_url, pool_size=1)
+    sessions = make_session_factory(engine)
+    try:
+        su = create_engine(make_url(superuser_url).set(database=DEV_DB), poolclass=pool.NullPool)
+        with su.connect() as conn:  # the superuser sees past RLS: is there a demo tenant at all?
+            existing = conn.scalar(text("select id from tenants where slug = :s"), {"s": DEMO_SLUG})
+        su.dispose()
+        if existing is not None:
+            return existing
+        with sessions() as session, session.begin():
+            tenant = service.bootstrap_tenant(session, name="Demo Agency", slug=DEMO_SLUG,
+                                              admin_issuer=DEV_ISSUER, admin_subject=DEMO_ADMIN_SUBJECT)
+            found = repo.find_member(session, issuer=DEV_ISSUER, subject=DEMO_ADMIN_SUBJECT)
+            assert found is not None
+            apply_context(session, DbContext(tenant_id=tenant.id, user_id=found[0].id))
+            scope = TenantScope(session=session, tenant_id=tenant.id, principal=Principal(DEV_ISSUER, DEMO_ADMIN_SUBJECT),
+                                meta=RequestMeta(), user_id=found[0].id, tenant_role=TenantRole.customer_admin)
+            for name, slug in (("Brand A", "brand-a"), ("Brand B", "brand-b")):
+                service.create_workspace(scope, name=name, slug=slug)
+            return tenant.id
+    finally:
+        engine.dispose()
+
+
+@cli.command("dev-token")
+def dev_token(
+    subject: str = DEMO_ADMIN_SUBJECT,
+    role: Annotated[list[str], typer.Option(help="Platform role claim, e.g. internal_admin.")] = [],  # noqa: B006
+    ttl: int = 12 * 3600,
+    data_dir: Path = DEV_DIR,
+) -> None:
+    """Print a token from the development-only issuer (for `palisade dev`)."""
+    from app.auth import dev_issuer
+
+    key_file = data_dir.resolve() / "dev-issuer.pem"
+    if not key_file.exists():
+        raise _fail(f"no dev issuer key at {key_file}: run `palisade dev` first")
+    typer.echo(dev_issuer.mint_token(dev_issuer.load_or_create_key(key_file), subject=subject, roles=role, ttl=ttl))
+
+
+def main() -> None:
+    cli(prog_name="palisade")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
