@@ -123,6 +123,7 @@ def _create_tenant(app_url: str, *, name: str, slug: str, issuer: str, subject: 
 def dev(
     data_dir: Annotated[Path, typer.Option(help="Where the private cluster and dev keys live.")] = DEV_DIR,
     port: int = 8000,
+    pg_port: Annotated[int, typer.Option(help="Port number of the private cluster's Unix socket.")] = 5433,
     serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the API after setting up.")] = True,
 ) -> None:
     """Quick start: private PostgreSQL, migrations, a demo tenant, a dev token, and the API."""
@@ -131,7 +132,7 @@ def dev(
     if get_settings().mode is Mode.production:
         raise _fail("palisade dev is a development command; PALISADE_MODE is production")
     data_dir = data_dir.resolve()
-    cluster = LocalCluster(data_dir / "pgdata", port=5433)
+    cluster = LocalCluster(data_dir / "pgdata", port=pg_port)
     typer.echo(f"starting private PostgreSQL in {data_dir / 'pgdata'} (Unix socket only)")
     cluster.start()
     try:

@@ -1,0 +1,118 @@
+"""The `palisade` command as an operator runs it: real processes, real databases."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, pool, text
+
+from app.config import IssuerConfig, Settings
+from app.main import StartupRefused, create_app
+from tests.support.database import ROOT, superuser_execute
+
+PALISADE = [sys.executable, "-m", "app.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PALISADE, *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TestDoctorCommand:
+    def test_passes_on_the_migrated_database(self, database):
+        result = run("doctor", env={"PALISADE_DATABASE_URL": database.app_url})
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"all \d+ checks passed", result.stdout)
+
+    def test_fails_naming_the_table_without_force(self, fresh_database):
+        superuser_execute(fresh_database.superuser_db_url, "ALTER TABLE documents NO FORCE ROW LEVEL SECURITY")
+        result = run("doctor", env={"PALISADE_DATABASE_URL": fresh_database.app_url})
+        assert result.returncode == 1
+        assert "force_rls: public.documents" in result.stderr
+
+
+class TestProductionStartup:
+    def settings(self, db) -> Settings:
+        return Settings(_env_file=None, mode="production", database_url=db.app_url,
+                        issuers=[IssuerConfig(issuer="https://idp.example.invalid/realms/x", audience="palisade")])
+
+    def test_refuses_a_database_doctor_rejects(self, fresh_database):
+        superuser_execute(fresh_database.superuser_db_url, "CREATE VIEW leaky AS SELECT * FROM documents")
+        with pytest.raises(StartupRefused, match="public.leaky"), TestClient(create_app(self.settings(fresh_database))):
+            pass
+
+    def test_starts_on_a_sound_database(self, database):
+        with TestClient(create_app(self.settings(database))) as client:
+            assert client.get("/health/ready").status_code == 200
+
+
+class TestTenantCreate:
+    def test_creates_tenant_with_its_first_customer_admin(self, database):
+        slug = f"cli-{secrets.token_hex(4)}"
+        result = run("tenant", "create", "--name", "Acme", "--slug", slug, "--admin-issuer", "https://idp", "--admin-subject", "alice",
+                     env={"PALISADE_DATABASE_URL": database.app_url})
+        assert result.returncode == 0, result.stderr
+        tenant_id = result.stdout.strip()
+        engine = create_engine(database.superuser_db_url, poolclass=pool.NullPool)
+        with engine.connect() as conn:
+            role = conn.scalar(text("select m.role from tenant_memberships m join users u on u.tenant_id = m.tenant_id and u.id = m.user_id "
+                                    "where m.tenant_id = :t and u.subject = 'alice'"), {"t": tenant_id})
+            audited = conn.scalar(text("select count(*) from audit_events where tenant_id = :t and action = 'tenant.create'"), {"t": tenant_id})
+        engine.dispose()
+        assert (role, audited) == ("customer_admin", 1)
+
+    def test_bad_slug_is_refused_without_writing(self, database):
+        result = run("tenant", "create", "--name", "Acme", "--slug", "Not A Slug", "--admin-issuer", "https://idp", "--admin-subject", "a",
+                     env={"PALISADE_DATABASE_URL": database.app_url})
+        assert result.returncode == 1
+        assert "invalid name or slug" in result.stderr
+
+
+class TestQuickStart:
+    """`palisade dev`: private cluster, migrations, demo tenant, a token that works, clean stop."""
+
+    def test_dev_serves_the_demo_tenant_to_its_printed_token(self):
+        data_dir = ROOT / ".palisade" / f"test-dev-{secrets.token_hex(3)}"
+        port = free_port()
+        proc = subprocess.Popen([*PALISADE, "dev", "--data-dir", str(data_dir), "--port", str(port), "--pg-port", str(free_port())],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("PALISADE_")})
+        try:
+            output = ""
+            deadline = time.monotonic() + 90
+            while "try: curl" not in output and time.monotonic() < deadline and proc.poll() is None:
+                output += proc.stdout.readline()
+            token = re.search(r"^(eyJ[\w-]+\.[\w-]+\.[\w-]+)$", output, re.M)
+            tenant = re.search(r"demo tenant: ([0-9a-f-]{36})", output)
+            assert token and tenant, output
+            for _ in range(100):
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/tenants/{tenant[1]}/workspaces",
+                               headers={"Authorization": f"Bearer {token[1]}"})
+            assert answer.status_code == 200
+            assert sorted(w["slug"] for w in answer.json()) == ["brand-a", "brand-b"]
+            assert httpx.get(f"http://127.0.0.1:{port}/api/v1/tenants/{tenant[1]}/workspaces").status_code == 401
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+            assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # the private cluster stopped too
+            shutil.rmtree(data_dir, ignore_errors=True)
