@@ -56,6 +56,7 @@ class IssuerKeys:
         self._keys: dict[str, SigningKey] = {}
         self._fetched_at = float("-inf")
         self._last_unknown_kid_fetch = float("-inf")
+        self._failed_at = float("-inf")
         self._static = static_jwks is not None
         if static_jwks is not None:
             self._keys = self._parse(static_jwks)
@@ -63,28 +64,37 @@ class IssuerKeys:
     def key_for(self, kid: str) -> SigningKey:
         # One lock per issuer: concurrent requests wait for the single fetch in flight.
         with self._lock:
-            now = time.monotonic()
-            if not self._static and now - self._fetched_at >= self._cache_seconds:
-                self._refresh(now)
-            if kid not in self._keys and not self._static and now - self._last_unknown_kid_fetch >= self._cooldown:
-                self._last_unknown_kid_fetch = now
-                self._refresh(now)
+            if not self._static:
+                self._maybe_refresh(kid, time.monotonic())
             key = self._keys.get(kid)
         if key is None:
             raise Unauthenticated()
         return key
 
+    def _maybe_refresh(self, kid: str, now: float) -> None:
+        # The cache expired: refetch, unless the IdP failed us within the cooldown.
+        if now - self._fetched_at >= self._cache_seconds and now - self._failed_at >= self._cooldown:
+            self._refresh(now)
+            return
+        # An unknown kid is most likely a rotation: refetch at once, but once per cooldown only.
+        if kid not in self._keys and now - self._last_unknown_kid_fetch >= self._cooldown:
+            self._last_unknown_kid_fetch = now
+            self._refresh(now)
+
     def _refresh(self, now: float) -> None:
         assert self._http is not None
         try:
             discovery = self._http.get(self.config.discovery).raise_for_status().json()
-            if discovery.get("issuer") != self.config.issuer:
+            if not isinstance(discovery, dict) or discovery.get("issuer") != self.config.issuer:
                 raise ValueError("discovery document names another issuer")
             jwks = self._http.get(discovery["jwks_uri"]).raise_for_status().json()
+            if not isinstance(jwks, dict):
+                raise ValueError("the JWKS is not a JSON object")
             self._keys = self._parse(jwks)
             self._fetched_at = now
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             # Keep serving with the keys we have; the IdP may be briefly down.
+            self._failed_at = now
             log.warning("jwks_refresh_failed", extra={"issuer": self.config.issuer, "error": type(exc).__name__})
 
     @staticmethod
@@ -129,10 +139,12 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
             alg = header.get("alg")
             kid = header.get("kid")
-            if alg not in ALLOWED_ALGORITHMS or not isinstance(kid, str):
+            # Type checks first: an unhashable alg or iss (a JSON list/object) must be a 401, not a 500.
+            if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS or not isinstance(kid, str):
                 raise Unauthenticated()
             unverified = jwt.decode(token, options={"verify_signature": False})
-            keys = self._issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
+            iss = unverified.get("iss")
+            keys = self._issuers.get(iss) if isinstance(iss, str) else None
             if keys is None:
                 raise Unauthenticated()
             key = keys.key_for(kid)
