@@ -41,6 +41,15 @@ def tenant_members(session: Session) -> Sequence[tuple[User, TenantMembership]]:
     return [(u, m) for u, m in rows]
 
 
+def tenant_member(session: Session, user_id: uuid.UUID) -> tuple[User, TenantMembership] | None:
+    row = session.execute(
+        select(User, TenantMembership)
+        .join(TenantMembership, (TenantMembership.tenant_id == User.tenant_id) & (TenantMembership.user_id == User.id))
+        .where(User.id == user_id)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
 def tenant_membership(session: Session, user_id: uuid.UUID) -> TenantMembership | None:
     return session.scalars(select(TenantMembership).where(TenantMembership.user_id == user_id)).first()
 

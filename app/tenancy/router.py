@@ -59,9 +59,7 @@ def list_members(scope: TenantAdmin) -> list[MemberRead]:
 
 @router.patch("/tenants/{tenant_id}/members/{user_id}", response_model=MemberRead, tags=["members"])
 def change_member_role(user_id: uuid.UUID, body: TenantMemberUpdate, scope: TenantAdmin) -> MemberRead:
-    membership = service.change_tenant_role(scope, user_id=user_id, role=body.role)
-    user = next(u for u, m in service.list_members(scope) if u.id == membership.user_id)
-    return _member(user, membership)
+    return _member(*service.change_tenant_role(scope, user_id=user_id, role=body.role))
 
 
 @router.delete("/tenants/{tenant_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["members"])
@@ -115,9 +113,7 @@ def list_workspace_members(scope: WorkspaceManager) -> list[MemberRead]:
 
 @router.put("/tenants/{tenant_id}/workspaces/{workspace_id}/members/{user_id}", response_model=MemberRead, tags=["workspaces"])
 def set_workspace_member(user_id: uuid.UUID, body: WorkspaceMemberUpdate, scope: WorkspaceAdmin) -> MemberRead:
-    service.set_workspace_role(scope, user_id=user_id, role=body.role)
-    user, membership = next((u, m) for u, m in service.list_workspace_members(scope) if u.id == user_id)
-    return _member(user, membership)
+    return _member(*service.set_workspace_role(scope, user_id=user_id, role=body.role))
 
 
 @router.delete("/tenants/{tenant_id}/workspaces/{workspace_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["workspaces"])

@@ -90,11 +90,11 @@ def list_members(scope: TenantScope) -> Sequence[tuple[User, TenantMembership]]:
     return repo.tenant_members(scope.session)
 
 
-def _member(scope: TenantScope, user_id: uuid.UUID) -> TenantMembership:
-    membership = repo.tenant_membership(scope.session, user_id)
-    if membership is None:
+def _member(scope: TenantScope, user_id: uuid.UUID) -> tuple[User, TenantMembership]:
+    found = repo.tenant_member(scope.session, user_id)
+    if found is None:
         raise NotFound()
-    return membership
+    return found
 
 
 def _keep_one_admin(scope: TenantScope, membership: TenantMembership) -> None:
@@ -102,23 +102,23 @@ def _keep_one_admin(scope: TenantScope, membership: TenantMembership) -> None:
         raise Conflict("A tenant keeps at least one customer_admin.")
 
 
-def change_tenant_role(scope: TenantScope, *, user_id: uuid.UUID, role: TenantRole) -> TenantMembership:
-    membership = _member(scope, user_id)
+def change_tenant_role(scope: TenantScope, *, user_id: uuid.UUID, role: TenantRole) -> tuple[User, TenantMembership]:
+    user, membership = _member(scope, user_id)
     before = membership.role
     if before == role:
-        return membership
+        return user, membership
     if role is not TenantRole.customer_admin:
         _keep_one_admin(scope, membership)
     membership.role = role.value
     scope.session.flush()
     scope.audit(category=Category.role_change, action="tenant_member.role_change", target_type="user", target_id=user_id,
                 details={"before": before, "after": role.value})
-    return membership
+    return user, membership
 
 
 def remove_member(scope: TenantScope, *, user_id: uuid.UUID) -> None:
     """Remove a user from the tenant and all its workspaces; the user row stays for the audit trail."""
-    membership = _member(scope, user_id)
+    _, membership = _member(scope, user_id)
     _keep_one_admin(scope, membership)
     for workspace in repo.workspaces_for(scope.session, user_id=user_id):
         ws_membership = repo.workspace_membership(scope.session, workspace_id=workspace.id, user_id=user_id)
@@ -294,10 +294,9 @@ def list_workspace_members(scope: WorkspaceScope) -> Sequence[tuple[User, Worksp
     return repo.workspace_members(scope.session, scope.workspace_id)
 
 
-def set_workspace_role(scope: WorkspaceScope, *, user_id: uuid.UUID, role: WorkspaceRole) -> WorkspaceMembership:
+def set_workspace_role(scope: WorkspaceScope, *, user_id: uuid.UUID, role: WorkspaceRole) -> tuple[User, WorkspaceMembership]:
     """Grant or change a member's role; nobody grants, or overrides, a role above their own."""
-    if repo.tenant_membership(scope.session, user_id) is None:
-        raise NotFound()
+    user, _ = _member(scope, user_id)
     existing = repo.workspace_membership(scope.session, workspace_id=scope.workspace_id, user_id=user_id)
     before = existing.role if existing else None
     if role.rank > scope.granting_rank or (before and WorkspaceRole(before).rank > scope.granting_rank):
@@ -310,7 +309,7 @@ def set_workspace_role(scope: WorkspaceScope, *, user_id: uuid.UUID, role: Works
     scope.session.flush()
     scope.audit(category=Category.role_change, action="workspace_member.set_role", target_type="user", target_id=user_id,
                 details={"before": before, "after": role.value})
-    return existing
+    return user, existing
 
 
 def remove_workspace_member(scope: WorkspaceScope, *, user_id: uuid.UUID) -> None:
