@@ -487,17 +487,18 @@ class TestUnknownKidFlood:
             assert app_client.get("/api/v1/tenants", headers=bearer(staff.token)).status_code == 200
 
 
-class TestRolesClaimMapping:
-    @pytest.fixture(scope="class")
-    def flat_roles_client(self, database: TestDatabase, idp: TestIdP) -> Iterator[TestClient]:
-        settings = Settings(
-            _env_file=None,
-            database_url=database.app_url,
-            issuers=[IssuerConfig(issuer=idp.issuer, audience=idp.audience, roles_claim="roles")],
-        )
-        with dedicated_app(settings) as app_client:
-            yield app_client
+@pytest.fixture(scope="module")
+def flat_roles_client(database: TestDatabase, idp: TestIdP) -> Iterator[TestClient]:
+    settings = Settings(
+        _env_file=None,
+        database_url=database.app_url,
+        issuers=[IssuerConfig(issuer=idp.issuer, audience=idp.audience, roles_claim="roles")],
+    )
+    with dedicated_app(settings) as app_client:
+        yield app_client
 
+
+class TestRolesClaimMapping:
     def test_a_flat_roles_claim_grants_internal_admin_when_configured(self, flat_roles_client: TestClient, idp: TestIdP) -> None:
         token = idp.token(f"flat-{secrets.token_hex(4)}", claims={"roles": ["internal_admin"]})
         response = flat_roles_client.get("/api/v1/tenants", headers=bearer(token))

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class TestDatabase:
+    __test__ = False  # a helper, not a test class
+
     name: str
     superuser_url: str
     admin_role: str
