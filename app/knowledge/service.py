@@ -27,6 +27,8 @@ def encode_cursor(doc: Document) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         created, ident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (isinstance(created, str) and isinstance(ident, str)):
+            raise TypeError("cursor parts must be strings")
         return datetime.fromisoformat(created), uuid.UUID(ident)
     except (ValueError, TypeError, binascii.Error):
         raise DomainError("The cursor is not valid.") from None

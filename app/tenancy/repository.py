@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.tenancy.models import Invitation, Tenant, TenantMembership, User, Workspace, WorkspaceMembership
@@ -55,7 +55,9 @@ def tenant_membership(session: Session, user_id: uuid.UUID) -> TenantMembership 
 
 
 def count_customer_admins(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(TenantMembership).where(TenantMembership.role == "customer_admin")) or 0
+    """Locks the tenant's customer_admin rows, so two concurrent demotions cannot both pass the count."""
+    rows = session.scalars(select(TenantMembership.user_id).where(TenantMembership.role == "customer_admin").with_for_update())
+    return len(rows.all())
 
 
 def get_workspace(session: Session, workspace_id: uuid.UUID) -> Workspace | None:
@@ -66,6 +68,14 @@ def workspace_membership(session: Session, *, workspace_id: uuid.UUID, user_id: 
     return session.scalars(
         select(WorkspaceMembership).where(WorkspaceMembership.workspace_id == workspace_id, WorkspaceMembership.user_id == user_id)
     ).first()
+
+
+def remove_workspace_memberships(session: Session, *, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """Delete all of a user's workspace memberships in the tenant; returns the workspace ids."""
+    result = session.execute(
+        delete(WorkspaceMembership).where(WorkspaceMembership.user_id == user_id).returning(WorkspaceMembership.workspace_id)
+    )
+    return list(result.scalars())
 
 
 def workspaces_for(session: Session, *, user_id: uuid.UUID | None) -> Sequence[Workspace]:

@@ -19,7 +19,7 @@ from app.auth.principal import INTERNAL_ADMIN, Principal
 from app.authz.roles import TenantRole, WorkspaceRole, granting_rank
 from app.authz.scope import TenantScope, WorkspaceScope
 from app.db.session import DbContext, apply_context, current_context
-from app.errors import Conflict, Forbidden, NotFound
+from app.errors import Conflict, DomainError, Forbidden, NotFound
 from app.tenancy import repository as repo
 from app.tenancy.models import Invitation, Tenant, TenantMembership, User, Workspace, WorkspaceMembership
 
@@ -120,14 +120,11 @@ def remove_member(scope: TenantScope, *, user_id: uuid.UUID) -> None:
     """Remove a user from the tenant and all its workspaces; the user row stays for the audit trail."""
     _, membership = _member(scope, user_id)
     _keep_one_admin(scope, membership)
-    for workspace in repo.workspaces_for(scope.session, user_id=user_id):
-        ws_membership = repo.workspace_membership(scope.session, workspace_id=workspace.id, user_id=user_id)
-        if ws_membership is not None:
-            scope.session.delete(ws_membership)
+    workspace_ids = repo.remove_workspace_memberships(scope.session, user_id=user_id)
     scope.session.delete(membership)
     scope.session.flush()
     scope.audit(category=Category.membership_removal, action="tenant_member.remove", target_type="user", target_id=user_id,
-                details={"before": membership.role})
+                details={"before": membership.role, "workspace_ids": [str(w) for w in workspace_ids]})
 
 
 # --- invitations ---------------------------------------------------------------------------------
@@ -165,21 +162,9 @@ def create_invitation(
     workspace_role: WorkspaceRole | None,
 ) -> str:
     """Invite someone; the inviter can grant neither a tenant nor a workspace role above their own."""
-    if tenant_role is TenantRole.customer_admin and not scope.is_customer_admin:
-        raise Forbidden("Only a customer_admin can invite a customer_admin.")
-    if workspace_id is None and not scope.is_customer_admin:
-        raise Forbidden("Invite into a workspace you administer.")
-    if workspace_id is not None:
-        workspace = repo.get_workspace(scope.session, workspace_id)
-        own = repo.workspace_membership(scope.session, workspace_id=workspace_id, user_id=scope.user_id) if scope.user_id else None
-        if workspace is None or (own is None and not scope.is_customer_admin):
-            raise NotFound()
-        own_role = WorkspaceRole(own.role) if own else None
-        assert scope.tenant_role is not None and workspace_role is not None
-        if not scope.is_customer_admin and own_role is not None and own_role.rank < WorkspaceRole.admin.rank:
-            raise Forbidden("Only a workspace admin can invite.")
-        if workspace_role.rank > granting_rank(tenant_role=scope.tenant_role, workspace_role=own_role):
-            raise Forbidden("You cannot grant a role above your own.")
+    assert scope.user_id is not None
+    _check_inviter(scope.session, inviter_id=scope.user_id, tenant_role=tenant_role, workspace_id=workspace_id,
+                   workspace_role=workspace_role)
     token = _new_invitation(
         scope.session, tenant_id=scope.tenant_id, tenant_role=tenant_role, invited_by=scope.user_id, email=email,
         workspace_id=workspace_id, workspace_role=workspace_role,
@@ -201,6 +186,14 @@ def accept_invitation(session: Session, *, principal: Principal, meta: audit.Req
     invitation = repo.invitation_by_hash(session, _hash(secret))
     if invitation is None or invitation.accepted_at is not None or invitation.expires_at <= datetime.now(UTC):
         raise NotFound()
+    if invitation.invited_by is not None:  # None: vendor staff's invitation of a first customer_admin
+        # An invitation is only as good as its inviter's roles now: demoted or removed, it lapses.
+        try:
+            _check_inviter(session, inviter_id=invitation.invited_by, tenant_role=TenantRole(invitation.tenant_role),
+                           workspace_id=invitation.workspace_id,
+                           workspace_role=WorkspaceRole(invitation.workspace_role) if invitation.workspace_role else None)
+        except DomainError:
+            raise NotFound() from None
     user = repo.find_user(session, issuer=principal.issuer, subject=principal.subject)
     if user is None:
         user = User(tenant_id=tenant_id, id=uuid.uuid4(), issuer=principal.issuer, subject=principal.subject,
@@ -225,6 +218,36 @@ def accept_invitation(session: Session, *, principal: Principal, meta: audit.Req
         details={"tenant_role": invitation.tenant_role, "workspace_role": invitation.workspace_role},
     )
     return tenant_id, user.id
+
+
+def _check_inviter(
+    session: Session,
+    *,
+    inviter_id: uuid.UUID,
+    tenant_role: TenantRole,
+    workspace_id: uuid.UUID | None,
+    workspace_role: WorkspaceRole | None,
+) -> None:
+    """May this member, with the roles they hold now, hand out these roles? Raises if not."""
+    membership = repo.tenant_membership(session, inviter_id)
+    if membership is None:
+        raise NotFound()
+    inviter_tenant_role = TenantRole(membership.role)
+    is_admin = inviter_tenant_role is TenantRole.customer_admin
+    if tenant_role is TenantRole.customer_admin and not is_admin:
+        raise Forbidden("Only a customer_admin can invite a customer_admin.")
+    if workspace_id is None or workspace_role is None:
+        if not is_admin:
+            raise Forbidden("Invite into a workspace you administer.")
+        return
+    own = repo.workspace_membership(session, workspace_id=workspace_id, user_id=inviter_id)
+    if repo.get_workspace(session, workspace_id) is None or (own is None and not is_admin):
+        raise NotFound()
+    own_role = WorkspaceRole(own.role) if own else None
+    if not is_admin and own_role is not None and own_role.rank < WorkspaceRole.admin.rank:
+        raise Forbidden("Only a workspace admin can invite.")
+    if workspace_role.rank > granting_rank(tenant_role=inviter_tenant_role, workspace_role=own_role):
+        raise Forbidden("You cannot grant a role above your own.")
 
 
 def _grant_workspace_role(session: Session, *, workspace_id: uuid.UUID, user_id: uuid.UUID, role: WorkspaceRole) -> WorkspaceMembership:

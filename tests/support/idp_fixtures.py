@@ -28,5 +28,8 @@ def idp_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 
 @pytest.fixture(scope="session")
 def idp(idp_factory: Callable[..., TestIdP]) -> TestIdP:
-    """The session's IdP for audience "palisade-api"; rotate keys on a factory IdP, not this one."""
-    return idp_factory(audience=DEFAULT_AUDIENCE)
+    """The session's IdP for audience "palisade-api"; rotate keys on a factory IdP, not this one.
+
+    Its tokens live an hour: session-scoped callers keep theirs for the whole run.
+    """
+    return idp_factory(audience=DEFAULT_AUDIENCE, ttl=3600)
