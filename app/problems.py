@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import DomainError, Unauthenticated
@@ -43,6 +44,15 @@ def install(app: FastAPI) -> None:
         # Field locations and messages only: the offending input is never echoed back.
         errors = [{"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")} for err in exc.errors()]
         return problem(422, detail="The request is not valid.", errors=errors)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+        # A race the service's own checks could not see (two creates of one slug, a row deleted
+        # meanwhile): the transaction rolled back, nothing changed. The constraint stays unnamed.
+        if getattr(exc.orig, "sqlstate", None) in {"23505", "23503"}:
+            return problem(409, detail="The request conflicts with the current state.")
+        log.exception("integrity_error")
+        return problem(500)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
