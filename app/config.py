@@ -60,6 +60,19 @@ class Settings(BaseSettings):
     # Development-only token signer (`palisade dev`): path to its private key (PEM).
     dev_issuer_key_file: Path | None = None
 
+    # Logs: one JSON object per line (False: human-readable console lines, development only).
+    log_json: bool = True
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    # Sentry: off unless a DSN is set. PII is never sent; events pass the log scrubber.
+    sentry_dsn: str | None = None
+    sentry_environment: str = "production"
+    sentry_traces_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    # Alerts: rule notifications are POSTed here, signed with HMAC-SHA256 over the body.
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = None
+
     @field_validator("issuers", mode="before")
     @classmethod
     def _parse_issuers(cls, value: object) -> object:
