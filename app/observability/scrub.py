@@ -1,0 +1,253 @@
+"""The one scrubber for logs and Sentry: secrets and e-mail addresses never leave the process.
+
+Two mechanisms, applied together:
+
+- by name: a mapping entry, `(name, value)` pair or `name=value` / `"name": "value"` text whose
+  name ends in a secret word (`password`, `client_secret`, `X-Api-Key`, `AccountKey`, ...) loses
+  its whole value to ``[REDACTED]``;
+- by shape: tokens whose format identifies them (JWTs, vendor API keys with a prefix, PEM private
+  keys, URL passwords, e-mail addresses) become a typed marker such as ``[REDACTED:jwt]``.
+
+Formats without a prefix (legacy Cloudflare tokens, 32-hex Azure keys, AWS secret keys) are only
+caught by the name they are given; guessing by entropy would eat UUIDs and digests.
+
+Every pattern is linear-time: quantifiers are bounded or possessive, each starts at a literal
+prefix or a left-boundary lookbehind, so a hostile 1 MB log line cannot stall the process.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# Names that hold secrets. A name matches when, lower-cased without separators and trailing
+# digits, it ends in one of these: `alert_webhook_secret`, `X-Hub-Signature-256`, `apiKey`.
+# "_" marks where a separator may sit in free text ("api key", "api-key", "api_key").
+SECRET_NAMES: tuple[str, ...] = (
+    "password", "passwd", "passphrase", "pwd", "password_hash", "passwords",
+    "secret", "secrets", "secret_key", "private_key", "signing_key", "encryption_key", "master_key",
+    "token", "jwt", "api_key", "auth", "auth_key", "authorization", "credential", "credentials",
+    "cookie", "cookies", "session_id", "sessid",
+    "access_key", "account_key", "shared_access_key", "subscription_key", "connection_string",
+    "dsn", "signature", "sig",
+)  # fmt: skip
+
+_SECRET_SUFFIXES = tuple(name.replace("_", "") for name in SECRET_NAMES)
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+_MAX_DEPTH = 32
+
+
+def is_secret_key(name: str | bytes) -> bool:
+    """Whether a field, header, cookie or variable of this name holds a secret."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    normalized = _NOT_ALNUM.sub("", name.lower()).rstrip("0123456789")
+    return normalized.endswith(_SECRET_SUFFIXES)
+
+
+def _marker(kind: str) -> str:
+    return f"[REDACTED:{kind}]"
+
+
+def _looks_like_credential(word: str) -> bool:
+    # "Bearer authentication" in prose must survive; real tokens carry digits, symbols or
+    # mixed case (base64, JWTs, opaque keys).
+    word = word.rstrip(".,")
+    rest = word[1:]
+    return any(c.isdigit() or c in "+/=_~.-" for c in word) or (rest != rest.lower() and rest != rest.upper())
+
+
+def _auth_scheme(match: re.Match[str]) -> str:
+    if not _looks_like_credential(match["cred"]):
+        return match[0]
+    return f"{match['scheme']} {_marker(match['scheme'].lower())}"
+
+
+_B64URL = "A-Za-z0-9_-"
+_START = rf"(?<![{_B64URL}])"  # left boundary: never start in the middle of a token
+
+
+@dataclass(frozen=True)
+class _Rule:
+    # Lower-case substrings of which one must occur for the pattern to possibly match: a cheap
+    # prefilter, since most log lines contain none of them.
+    hints: tuple[str, ...]
+    pattern: re.Pattern[str]
+    replacement: str | Callable[[re.Match[str]], str]
+
+
+# In order; earlier, more specific rules win (their markers are left alone by later ones).
+_RULES: tuple[_Rule, ...] = (
+    # PEM private keys, also inside reprs where newlines are the two characters "\n".
+    _Rule(
+        ("private key",),
+        re.compile(
+            r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?:[A-Za-z0-9+/=\s:,.\\]|-(?!----))*+"
+            r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----)?"
+        ),
+        _marker("private_key"),
+    ),
+    # JWS (three segments) and JWE (five); the header is base64url JSON, so it starts "eyJ".
+    _Rule(
+        ("eyj",),
+        re.compile(rf"{_START}eyJ[{_B64URL}]{{4,}}+\.[{_B64URL}]{{4,}}+(?:\.[{_B64URL}]*+){{1,3}}"),
+        _marker("jwt"),
+    ),
+    # scheme://user:PASSWORD@host keeps the user and host. The password may itself hold "@"
+    # (unencoded, as people paste them): it runs to the last "@" before the path.
+    _Rule(("://",), re.compile(r"(?P<pre>://[^\s/?#@:]{0,256}+):[^\s/?#]{1,256}@"), r"\g<pre>:[REDACTED:password]@"),
+    _Rule(
+        ("bearer", "basic"),
+        re.compile(rf"{_START}(?P<scheme>bearer|basic)[ \t]++(?P<cred>[A-Za-z0-9._~+/-]{{8,}}+=*+)", re.IGNORECASE),
+        _auth_scheme,
+    ),
+    # Anthropic: sk-ant-api03-..., sk-ant-admin01-..., sk-ant-oat01-...
+    _Rule(("sk-ant-",), re.compile(rf"{_START}sk-ant-[{_B64URL}]{{16,}}+"), _marker("anthropic_key")),
+    # OpenAI: legacy sk-<48>, sk-proj-..., sk-svcacct-..., sk-admin-...; short "sk-1.2" survives.
+    _Rule(("sk-",), re.compile(rf"{_START}sk-(?:proj-|svcacct-|admin-)?[{_B64URL}]{{32,}}+"), _marker("openai_key")),
+    # Google: API keys (AIza + 35), OAuth client secrets and access tokens.
+    _Rule(("aiza",), re.compile(rf"{_START}AIza[{_B64URL}]{{35}}(?![{_B64URL}])"), _marker("google_key")),
+    _Rule(("gocspx-",), re.compile(rf"{_START}GOCSPX-[{_B64URL}]{{28,}}+"), _marker("google_client_secret")),
+    _Rule(("ya29.",), re.compile(rf"{_START}ya29\.[{_B64URL}]{{20,}}+"), _marker("google_token")),
+    # Azure: 84-character keys with the "JQQJ9" signature (Microsoft's common annotated key
+    # format, used by new AI services / OpenAI keys), and Entra ID client secrets ("8Q~").
+    # Legacy 32-hex keys, storage AccountKey=, SAS sig= are caught by their names.
+    _Rule(
+        ("jqqj9",),
+        re.compile(
+            r"(?<![A-Za-z0-9])[A-Za-z0-9]{52}JQQJ9[9DH][A-Za-z0-9][A-L][A-Za-z0-9]{16}[A-Za-z][A-Za-z0-9]{7}"
+            r"(?:[A-Za-z0-9]{2}==)?(?![A-Za-z0-9])"
+        ),
+        _marker("azure_key"),
+    ),
+    _Rule(
+        ("8q~",),
+        re.compile(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.-]{3}8Q~[A-Za-z0-9_~.-]{34}(?![A-Za-z0-9_~.-])"),
+        _marker("azure_client_secret"),
+    ),
+    # Paddle Billing: API keys and notification-destination (webhook) secret keys.
+    _Rule(("pdl_",), re.compile(rf"{_START}pdl_(?:live|sdbx)_apikey_[A-Za-z0-9_]{{20,}}+"), _marker("paddle_key")),
+    _Rule(("pdl_ntf",), re.compile(rf"{_START}pdl_ntf[a-z]*_[A-Za-z0-9_+/=]{{10,}}+"), _marker("paddle_secret")),
+    # Cloudflare: scannable keys/tokens (cfk_ global key, cfut_ user, cfat_ account) and Origin CA
+    # keys; legacy 40-character tokens and 37-hex global keys only by name (X-Auth-Key, *_TOKEN).
+    _Rule(
+        ("cfk_", "cfut_", "cfat_"),
+        re.compile(rf"{_START}(?:cfk|cfut|cfat)_[{_B64URL}]{{40,}}+"),
+        _marker("cloudflare_token"),
+    ),
+    _Rule(
+        ("v1.0-",),
+        re.compile(r"(?<![A-Za-z0-9.-])v1\.0-[0-9a-f]{24}-[0-9a-f]{146}"),
+        _marker("cloudflare_origin_ca_key"),
+    ),
+    # Webhook signing secrets (Stripe, Svix / Standard Webhooks), Stripe keys, GitHub, AWS.
+    _Rule(("whsec_",), re.compile(rf"{_START}whsec_[A-Za-z0-9+/=_-]{{16,}}+"), _marker("webhook_secret")),
+    _Rule(
+        ("k_live_", "k_test_"),
+        re.compile(rf"{_START}(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{{16,}}+"),
+        _marker("stripe_key"),
+    ),
+    _Rule(
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        re.compile(rf"{_START}(?:gh[pousr]_[A-Za-z0-9]{{36,}}+|github_pat_[A-Za-z0-9_]{{22,}}+)"),
+        _marker("github_token"),
+    ),
+    _Rule(
+        ("akia", "asia", "abia", "acca"),
+        re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"),
+        _marker("aws_access_key"),
+    ),
+    # E-mail addresses, also URL-encoded (alice%40example.com). "a@b" in code, "user@host" and
+    # retina file names ("logo@2x.png") are not addresses.
+    _Rule(
+        ("@", "%40"),
+        re.compile(
+            r"(?<![A-Za-z0-9._+-])[A-Za-z0-9._+-]{1,256}+(?:@|%40)(?:[A-Za-z0-9-]{1,63}+\.){1,8}"
+            r"(?!(?:png|jpe?g|gif|svg|webp|ico|css|js)(?![A-Za-z]))[A-Za-z]{2,24}(?![A-Za-z0-9-])"
+        ),
+        _marker("email"),
+    ),
+)
+
+
+def _name_regex(name: str) -> str:
+    return r"[ _.-]?".join(re.escape(part) for part in name.split("_"))
+
+
+_NAMES = "|".join(_name_regex(n) for n in sorted(SECRET_NAMES, key=len, reverse=True))
+
+# `name=value`, `name: value`, `"name": "value"`, `('name', 'value')` with a secret name. Quoted
+# values run to their closing quote (or the end of the line when it is missing or escaped
+# differently: over-redacting beats leaking); an auth scheme before the value is kept.
+_KEY_VALUE = re.compile(
+    rf"(?<![A-Za-z0-9_.-])(?P<key>[A-Za-z0-9_.-]{{0,64}}?(?:{_NAMES})(?:[_-]?[0-9]{{1,4}})?)(?![A-Za-z0-9_.-])"
+    r"(?P<sep>\\?[\"']?[ \t]{0,3}(?::=|=>|[:=](?!=))[ \t]{0,3}|\\?[\"'][ \t]{0,3},[ \t]{0,3}b?(?=\\?[\"']))"
+    r"(?P<scheme>(?:bearer|basic|digest|token|sharedaccesssignature)[ \t]++)?"
+    r"(?P<value>(?P<quote>\\?\"|')(?:[^\"'\\\n]|(?!(?P=quote))[\"']|(?!(?P=quote))\\.)*+(?P=quote)?|[^\s,;&\"'<>(){}\]]++)",
+    re.IGNORECASE,
+)
+
+
+def _redact_value(match: re.Match[str]) -> str:
+    quote = match["quote"] or ""
+    inner = match["value"][len(quote) :]
+    if inner.startswith("[REDACTED"):
+        return match[0]
+    return f"{match['key']}{match['sep']}{match['scheme'] or ''}{quote}{REDACTED}{quote}"
+
+
+_KEY_VALUE_RULE = _Rule(
+    ("pass", "pwd", "secret", "token", "jwt", "key", "auth", "cred", "cookie", "sess", "dsn", "sig", "connection"),
+    _KEY_VALUE,
+    _redact_value,
+)
+
+
+def _empty(value: Any) -> bool:
+    # A missing or empty secret reveals nothing and tells a reader what went wrong.
+    return value is None or (isinstance(value, str | bytes) and not value)
+
+
+def scrub_text(text: str) -> str:
+    """Replace secrets and e-mail addresses in free text with redaction markers."""
+    # Hints are looked up in the original text: what a rule adds is a marker, which never needs
+    # another rule, so one lower-casing serves them all.
+    lowered = text.lower()
+    for rule in (*_RULES, _KEY_VALUE_RULE):
+        if any(hint in lowered for hint in rule.hints):
+            text = rule.pattern.sub(rule.replacement, text)
+    return text
+
+
+def scrub(value: Any, _depth: int = 0) -> Any:
+    """Scrub a value recursively: secret-named entries lose their value, all text is scrubbed."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, bytes | bytearray):
+        return scrub_text(bytes(value).decode("utf-8", "replace"))
+    if _depth > _MAX_DEPTH:  # cycles or absurd nesting: fall back to the (scrubbed) repr
+        return scrub_text(repr(value))
+    if isinstance(value, dict):
+        return {
+            (scrub_text(k) if isinstance(k, str) else k): (
+                REDACTED if isinstance(k, str | bytes) and is_secret_key(k) and not _empty(v) else scrub(v, _depth + 1)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        # ("authorization", "Bearer ...") pairs: ASGI headers, query parameter lists.
+        if len(value) == 2 and isinstance(value[0], str | bytes) and is_secret_key(value[0]) and not _empty(value[1]):
+            items = [scrub(value[0], _depth + 1), REDACTED]
+        else:
+            items = [scrub(v, _depth + 1) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, set | frozenset):
+        return [scrub(v, _depth + 1) for v in value]
+    # Anything else would be rendered with str()/repr() later, unscrubbed: render it now.
+    return scrub_text(str(value))
