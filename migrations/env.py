@@ -5,12 +5,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from app.db.base import Base
-
 # Import every model module so the metadata is complete (used for comparisons, never create_all).
+import app.alerts.models  # noqa: F401,E402
 import app.audit.models  # noqa: F401,E402
 import app.knowledge.models  # noqa: F401,E402
 import app.tenancy.models  # noqa: F401,E402
+from app.db.base import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.database", "tests.support.idp_fixtures", "tests.support.api"]
+pytest_plugins = ["tests.support.database", "tests.support.idp_fixtures", "tests.support.api", "tests.support.webhook"]
