@@ -13,6 +13,8 @@ from app.config import DEV_ISSUER, Mode, Settings, get_settings
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Palisade: multi-tenant AI workspace appliance.")
 tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants (operator commands).")
 cli.add_typer(tenant_cli, name="tenant")
+audit_cli = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
+cli.add_typer(audit_cli, name="audit")
 
 DEV_DIR = Path(".palisade")
 DEV_DB, DEV_ADMIN_ROLE, DEV_APP_ROLE = "palisade", "palisade_admin", "palisade_app"
@@ -78,8 +80,9 @@ def serve(
     import uvicorn
 
     _settings()
+    # log_config=None: the app's own logging setup (JSON, scrubbed) takes uvicorn's loggers too.
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                proxy_headers=False, server_header=False, log_level="info")
+                proxy_headers=False, server_header=False, log_config=None)
 
 
 @tenant_cli.command("create")
@@ -114,6 +117,55 @@ def _create_tenant(app_url: str, *, name: str, slug: str, issuer: str, subject: 
             return service.bootstrap_tenant(session, name=name, slug=slug, admin_issuer=issuer, admin_subject=subject).id
     finally:
         engine.dispose()
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    tenant: Annotated[list[str], typer.Option(help="Only this tenant's chain (repeatable); default: every chain.")] = [],  # noqa: B006
+) -> None:
+    """Recompute the hash chains; name the first altered, missing or reordered event; exit 1 on any break."""
+    import uuid
+
+    from app.audit.verify import verify
+    from app.db.session import make_engine, make_session_factory
+
+    settings = _settings()
+    try:
+        tenant_ids = [uuid.UUID(t) for t in tenant]
+    except ValueError:
+        raise _fail("--tenant takes a tenant id (UUID)") from None
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        results = verify(make_session_factory(engine), tenant_ids or None)
+    finally:
+        engine.dispose()
+    broken = [r for r in results if r.broken]
+    for r in results:
+        if r.broken:
+            typer.secho(f"BROKEN {r.tenant_id}: {r.broken.kind}: {r.broken.message}", fg=typer.colors.RED, err=True)
+        else:
+            typer.echo(f"ok {r.tenant_id}: {r.events} events")
+    if broken:
+        _alert_chain_broken(settings, broken)
+        raise typer.Exit(code=1)
+
+
+def _alert_chain_broken(settings: Settings, broken) -> None:
+    """Tell the alert webhook, when one is configured; verification fails either way."""
+    if not settings.alert_webhook_url:
+        return
+    from app.alerts import AUDIT_CHAIN_BROKEN, AlertEngine
+    from app.db.session import make_engine
+
+    db = make_engine(settings.database_url, pool_size=1)
+    engine = AlertEngine(db, settings, retry_base_delay=0.5).start()
+    try:
+        for result in broken:
+            engine.observe(AUDIT_CHAIN_BROKEN, str(result.tenant_id),
+                           details={"kind": result.broken.kind, "seq": result.broken.seq})
+    finally:
+        engine.stop(timeout=30)
+        db.dispose()
 
 
 # --- development quick start ---------------------------------------------------------------------
@@ -168,8 +220,9 @@ def _dev(cluster, *, data_dir: Path, port: int, serve_api: bool) -> None:
         f"try: curl -H 'Authorization: Bearer <token>' http://127.0.0.1:{port}/api/v1/tenants/{tenant_id}/workspaces\n"
     )
     if serve_api:
-        settings = Settings(_env_file=None, mode=Mode.development, database_url=app_url, dev_issuer_key_file=key_file)
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, server_header=False, log_level="info")
+        settings = Settings(_env_file=None, mode=Mode.development, database_url=app_url, dev_issuer_key_file=key_file,
+                            log_json=False)
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, server_header=False, log_config=None)
 
 
 def _ensure_dev_database(superuser_url: str) -> None:

@@ -11,12 +11,28 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from sqlalchemy import text
 
-from app import problems
+from app import alerts, problems
+from app.audit import service as audit
+from app.audit.router import router as audit_router
 from app.auth.dependencies import get_principal
 from app.auth.oidc import TokenVerifier
+from app.authz import denials
+from app.authz.denials import route_label
 from app.config import Mode, Settings, get_settings
 from app.db.session import make_engine, make_session_factory
 from app.knowledge.router import router as knowledge_router
+from app.observability.logging import bind_request_context, clear_request_context, configure_logging
+from app.observability.sentry import init_sentry
+from app.observability.tracing import (
+    CORRELATION_ID_ATTRIBUTE,
+    configure_tracing,
+    current_trace_id,
+    instrument_app,
+    instrument_engine,
+    instrument_httpx_client,
+    set_span_attribute,
+    untraced,
+)
 from app.tenancy.router import router as tenancy_router
 
 log = logging.getLogger(__name__)
@@ -58,12 +74,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.mode is Mode.production:
             _refuse_unsafe_database(settings)
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        instrument_engine(engine)
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
+        audit.install_log_hooks(app.state.sessions)
         app.state.verifier = _verifier(settings)
+        instrument_httpx_client(app.state.verifier.http)
+        alert_engine = alerts.AlertEngine(engine, settings).start()
+        alerts.install(alert_engine)
         try:
             yield
         finally:
+            alerts.install(None)
+            alert_engine.stop(timeout=5)
             app.state.verifier.close()
             engine.dispose()
 
@@ -76,13 +99,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    if settings.sentry_dsn:
+        init_sentry(dsn=settings.sentry_dsn, environment=settings.sentry_environment,
+                    traces_sample_rate=settings.sentry_traces_sample_rate, release=f"palisade@{app.version}")
+    configure_tracing()  # once per process; exports only when OTEL_* settings ask for it
+    instrument_app(app)
     problems.install(app)
+    denials.install(app)
+
+    @app.middleware("http")
+    async def server_errors(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # Feeds the 5xx-rate alert; the unhandled-error handler has already answered a bare 500.
+        response = await call_next(request)
+        if response.status_code >= 500:
+            alerts.observe(alerts.HTTP_5XX, f"api|{route_label(request)}", details={"status": response.status_code})
+        return response
 
     @app.middleware("http")
     async def correlation_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         incoming = request.headers.get("x-correlation-id", "")
         request.state.correlation_id = incoming if _CORRELATION_ID.match(incoming) else uuid.uuid4().hex
-        response = await call_next(request)
+        set_span_attribute(CORRELATION_ID_ATTRIBUTE, request.state.correlation_id)
+        # Every log line of this request carries both ids.
+        bind_request_context(correlation_id=request.state.correlation_id, trace_id=current_trace_id())
+        try:
+            response = await call_next(request)
+        finally:
+            clear_request_context()
         response.headers["X-Correlation-ID"] = request.state.correlation_id
         return response
 
@@ -94,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health/ready", tags=["health"], include_in_schema=False)
     def ready(request: Request) -> Response:
         try:
-            with request.app.state.engine.connect() as conn:
+            with untraced(), request.app.state.engine.connect() as conn:
                 conn.execute(text("select 1"))
         except Exception:
             return problems.problem(503, detail="The database is not reachable.")
@@ -103,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Authenticated by default: every API route carries the bearer-token dependency.
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
     api.include_router(tenancy_router)
+    api.include_router(audit_router)
     api.include_router(knowledge_router)
     app.include_router(api)
     return app

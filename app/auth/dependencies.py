@@ -7,16 +7,24 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.audit.service import Category
 from app.auth.principal import Principal
+from app.authz.denials import record_refusal
 from app.errors import Forbidden, Unauthenticated
 
 _bearer = HTTPBearer(auto_error=False, description="An OIDC access token (JWT) from a configured issuer.")
 
 
 def get_principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthenticated()
-    principal = request.app.state.verifier.verify(credentials.credentials)
+    try:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise Unauthenticated("missing")
+        principal = request.app.state.verifier.verify(credentials.credentials)
+    except Unauthenticated as exc:
+        # Recorded (never the token itself) so repeated failures per address raise an alert.
+        record_refusal(request, action="token.missing" if exc.detail == "missing" else "token.rejected",
+                       category=Category.authentication)
+        raise Unauthenticated() from None
     request.state.principal = principal
     return principal
 
@@ -26,7 +34,7 @@ Caller = Annotated[Principal, Depends(get_principal)]
 
 def _internal_admin(caller: Caller) -> Principal:
     if not caller.is_internal_admin:
-        raise Forbidden()
+        raise Forbidden("This needs the internal_admin role.")
     return caller
 
 

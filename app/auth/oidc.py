@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -129,6 +129,11 @@ class TokenVerifier:
         }
         for name, (cfg, jwks) in (static_issuers or {}).items():
             self._issuers[name] = IssuerKeys(cfg, http=None, cache_seconds=0, cooldown_seconds=0, static_jwks=jwks)
+
+    @property
+    def http(self) -> httpx.Client:
+        """The client that fetches discovery documents and JWKS (instrumented for tracing)."""
+        return self._http
 
     def close(self) -> None:
         self._http.close()

@@ -7,64 +7,58 @@ the same as one that does not exist.
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from app.audit.service import RequestMeta
+from app.audit.service import Category
 from app.auth.dependencies import Caller
 from app.auth.principal import INTERNAL_ADMIN
+from app.authz.denials import record_refusal, route_label
 from app.authz.roles import TenantRole, WorkspaceRole
 from app.authz.scope import TenantScope, WorkspaceScope
 from app.db.dependencies import DbSession
 from app.db.session import DbContext, apply_context
+from app.edge.client import Meta
 from app.errors import Forbidden, NotFound
 from app.tenancy import repository as repo
 
 
-def _peer_ip(request: Request) -> str | None:
-    # The direct peer for now; trusted-proxy handling belongs to the edge layer.
-    try:
-        return str(ipaddress.ip_address(request.client.host)) if request.client else None
-    except ValueError:
-        return None
-
-
-def request_meta(request: Request) -> RequestMeta:
-    return RequestMeta(
-        client_ip=_peer_ip(request),
-        user_agent=request.headers.get("user-agent"),
-        correlation_id=getattr(request.state, "correlation_id", None),
-    )
-
-
-Meta = Annotated[RequestMeta, Depends(request_meta)]
-
-
 class TenantAccess:
-    """A member of the path's tenant; optionally only its customer_admins, or vendor staff too."""
+    """A member of the path's tenant; optionally only its customer_admins, or vendor staff too.
 
-    def __init__(self, *, customer_admin: bool = False, internal_admin: bool = False) -> None:
+    `internal_admin`: vendor staff may enter for tenant metadata. `vendor_grant`: vendor staff may
+    enter only while the tenant has an active access grant. Every vendor entry is audited.
+    """
+
+    def __init__(self, *, customer_admin: bool = False, internal_admin: bool = False, vendor_grant: bool = False) -> None:
         self.customer_admin = customer_admin
         self.internal_admin = internal_admin
+        self.vendor_grant = vendor_grant
 
-    def __call__(self, caller: Caller, session: DbSession, meta: Meta, tenant_id: Annotated[uuid.UUID, Path()]) -> TenantScope:
+    def __call__(
+        self, request: Request, caller: Caller, session: DbSession, meta: Meta, tenant_id: Annotated[uuid.UUID, Path()]
+    ) -> TenantScope:
         apply_context(session, DbContext(tenant_id=tenant_id))
         found = repo.find_member(session, issuer=caller.issuer, subject=caller.subject)
         if found is None:
-            if self.internal_admin and caller.is_internal_admin:
-                # Vendor staff: tenant metadata only (the route decides what that is).
+            if caller.is_internal_admin and (self.internal_admin or (self.vendor_grant and repo.active_vendor_grant(session))):
+                # Vendor staff: only what the route gives them (metadata, or a granted audit trail).
                 apply_context(session, DbContext(tenant_id=tenant_id, platform_role=INTERNAL_ADMIN))
-                return TenantScope(session=session, tenant_id=tenant_id, principal=caller, meta=meta, user_id=None, tenant_role=None)
+                scope = TenantScope(session=session, tenant_id=tenant_id, principal=caller, meta=meta, user_id=None, tenant_role=None)
+                request.state.authz_scope = scope
+                scope.audit(category=Category.vendor_access, action=route_label(request))
+                return scope
+            record_refusal(request, action="tenant.not_member", target_type="tenant", target_id=tenant_id)
             raise NotFound()
         user, membership = found
         apply_context(session, DbContext(tenant_id=tenant_id, user_id=user.id))
         scope = TenantScope(session=session, tenant_id=tenant_id, principal=caller, meta=meta, user_id=user.id,
                             tenant_role=TenantRole(membership.role))
+        request.state.authz_scope = scope
         if self.customer_admin and not scope.is_customer_admin:
-            raise Forbidden()
+            raise Forbidden("This needs the tenant's customer_admin role.")
         return scope
 
 
@@ -82,12 +76,13 @@ class WorkspaceAccess:
 
     def __call__(
         self,
+        request: Request,
         tenant: Annotated[TenantScope, Depends(TenantAccess())],
         workspace_id: Annotated[uuid.UUID, Path()],
     ) -> WorkspaceScope:
         session = tenant.session
         if repo.get_workspace(session, workspace_id) is None:
-            raise NotFound()
+            raise NotFound()  # does not exist: nothing was refused
         assert tenant.user_id is not None
         membership = repo.workspace_membership(session, workspace_id=workspace_id, user_id=tenant.user_id)
         role = WorkspaceRole(membership.role) if membership else None
@@ -96,18 +91,23 @@ class WorkspaceAccess:
             session=session, tenant_id=tenant.tenant_id, principal=tenant.principal, meta=tenant.meta,
             user_id=tenant.user_id, tenant_role=tenant.tenant_role, workspace_id=workspace_id, workspace_role=role,
         )
+        request.state.authz_scope = scope
         if role is not None and role.rank >= self.min_role.rank:
             return scope
         if self.customer_admin and tenant.is_customer_admin:
             return scope
         if role is None:
-            raise NotFound()  # a workspace of the same tenant you are not in does not exist for you
-        raise Forbidden()
+            # A workspace of the same tenant you are not in does not exist for you.
+            record_refusal(request, action="workspace.not_member", tenant_id=tenant.tenant_id, actor=tenant.actor(),
+                           target_type="workspace", target_id=workspace_id)
+            raise NotFound()
+        raise Forbidden(f"This needs the {self.min_role.value} role or above in the workspace.")
 
 
 TenantMember = Annotated[TenantScope, Depends(TenantAccess())]
 TenantAdmin = Annotated[TenantScope, Depends(TenantAccess(customer_admin=True))]
 TenantMetadataReader = Annotated[TenantScope, Depends(TenantAccess(customer_admin=True, internal_admin=True))]
+AuditTrailReader = Annotated[TenantScope, Depends(TenantAccess(customer_admin=True, vendor_grant=True))]
 WorkspaceViewer = Annotated[WorkspaceScope, Depends(WorkspaceAccess(WorkspaceRole.viewer))]
 WorkspaceWriter = Annotated[WorkspaceScope, Depends(WorkspaceAccess(WorkspaceRole.member))]
 WorkspaceAdmin = Annotated[WorkspaceScope, Depends(WorkspaceAccess(WorkspaceRole.admin, customer_admin=True))]

@@ -52,7 +52,7 @@ def create_document(scope: WorkspaceScope, *, title: str, body: str) -> Document
     doc = Document(tenant_id=scope.tenant_id, id=uuid.uuid4(), workspace_id=scope.workspace_id, title=title, body=body, author_id=scope.user_id)
     scope.session.add(doc)
     scope.session.flush()
-    scope.audit(category=Category.data_change, action="document.create", target_type="document", target_id=doc.id)
+    scope.audit(category=Category.content_change, action="document.create", target_type="document", target_id=doc.id)
     return doc
 
 
@@ -65,7 +65,7 @@ def update_document(scope: WorkspaceScope, document_id: uuid.UUID, *, title: str
         doc.body, changed = body, [*changed, "body"]
     scope.session.flush()
     if changed:
-        scope.audit(category=Category.data_change, action="document.update", target_type="document", target_id=doc.id,
+        scope.audit(category=Category.content_change, action="document.update", target_type="document", target_id=doc.id,
                     details={"changed": changed})
     return doc
 

@@ -124,3 +124,20 @@ class Invitation(Base):
     accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     accepted_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = created_at()
+
+
+class VendorAccessGrant(Base):
+    """A tenant's time-boxed consent for vendor staff (internal_admin) to read its audit trail."""
+
+    __tablename__ = "vendor_access_grants"
+    __table_args__ = (ForeignKeyConstraint(["tenant_id", "granted_by"], ["users.tenant_id", "users.id"]),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[uuid.UUID] = uuid_pk()
+    granted_by: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    reason: Mapped[str] = mapped_column(String(500))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = created_at()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.tenancy.models import Invitation, Tenant, TenantMembership, User, Workspace, WorkspaceMembership
+from app.tenancy.models import Invitation, Tenant, TenantMembership, User, VendorAccessGrant, Workspace, WorkspaceMembership
 
 
 def find_member(session: Session, *, issuer: str, subject: str) -> tuple[User, TenantMembership] | None:
@@ -105,3 +105,20 @@ def invitation_by_hash(session: Session, token_hash: str) -> Invitation | None:
 
 def slug_taken(session: Session, model: type[Workspace] | type[Tenant], slug: str) -> bool:
     return session.scalar(select(func.count()).select_from(model).where(model.slug == slug)) > 0
+
+
+def vendor_grants(session: Session) -> Sequence[VendorAccessGrant]:
+    return session.scalars(select(VendorAccessGrant).order_by(VendorAccessGrant.created_at.desc(), VendorAccessGrant.id)).all()
+
+
+def vendor_grant(session: Session, grant_id: uuid.UUID) -> VendorAccessGrant | None:
+    return session.scalars(select(VendorAccessGrant).where(VendorAccessGrant.id == grant_id)).first()
+
+
+def active_vendor_grant(session: Session) -> VendorAccessGrant | None:
+    """The tenant's current consent for vendor staff, if any (not revoked, not expired)."""
+    return session.scalars(
+        select(VendorAccessGrant)
+        .where(VendorAccessGrant.revoked_at.is_(None), VendorAccessGrant.expires_at > func.now())
+        .order_by(VendorAccessGrant.expires_at.desc())
+    ).first()

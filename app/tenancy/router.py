@@ -6,6 +6,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
+from app.audit.schemas import VendorAccessGrantCreate, VendorAccessGrantRead
 from app.auth.dependencies import Caller, InternalAdmin
 from app.authz.dependencies import Meta, TenantAdmin, TenantMember, TenantMetadataReader, WorkspaceAdmin, WorkspaceManager
 from app.db.dependencies import DbSession
@@ -42,9 +43,9 @@ def create_tenant(body: TenantCreate, caller: InternalAdmin, session: DbSession,
 
 
 @router.get("/tenants", response_model=list[TenantRead], tags=["tenants"])
-def list_tenants(caller: InternalAdmin, session: DbSession) -> list[TenantRead]:
+def list_tenants(caller: InternalAdmin, session: DbSession, meta: Meta) -> list[TenantRead]:
     """Tenant metadata for vendor staff."""
-    return [TenantRead.model_validate(t) for t in service.list_tenants(session)]
+    return [TenantRead.model_validate(t) for t in service.list_tenants(session, principal=caller, meta=meta)]
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantRead, tags=["tenants"])
@@ -78,6 +79,22 @@ def create_invitation(body: InvitationCreate, scope: TenantMember) -> Invitation
 def accept_invitation(body: InvitationAccept, caller: Caller, session: DbSession, meta: Meta) -> InvitationAccepted:
     tenant_id, user_id = service.accept_invitation(session, principal=caller, meta=meta, token=body.token)
     return InvitationAccepted(tenant_id=tenant_id, user_id=user_id)
+
+
+@router.get("/tenants/{tenant_id}/vendor-access-grants", response_model=list[VendorAccessGrantRead], tags=["vendor access"])
+def list_vendor_grants(scope: TenantAdmin) -> list[VendorAccessGrantRead]:
+    return [VendorAccessGrantRead.model_validate(g) for g in service.list_vendor_grants(scope)]
+
+
+@router.post("/tenants/{tenant_id}/vendor-access-grants", status_code=status.HTTP_201_CREATED, response_model=VendorAccessGrantRead, tags=["vendor access"])
+def grant_vendor_access(body: VendorAccessGrantCreate, scope: TenantAdmin) -> VendorAccessGrantRead:
+    """Let vendor staff read this tenant's audit trail for a few hours (audited both ways)."""
+    return VendorAccessGrantRead.model_validate(service.grant_vendor_access(scope, reason=body.reason, hours=body.hours))
+
+
+@router.delete("/tenants/{tenant_id}/vendor-access-grants/{grant_id}", response_model=VendorAccessGrantRead, tags=["vendor access"])
+def revoke_vendor_access(grant_id: uuid.UUID, scope: TenantAdmin) -> VendorAccessGrantRead:
+    return VendorAccessGrantRead.model_validate(service.revoke_vendor_access(scope, grant_id=grant_id))
 
 
 @router.get("/tenants/{tenant_id}/workspaces", response_model=list[WorkspaceRead], tags=["workspaces"])

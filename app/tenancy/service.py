@@ -21,7 +21,7 @@ from app.authz.scope import TenantScope, WorkspaceScope
 from app.db.session import DbContext, apply_context, current_context
 from app.errors import Conflict, DomainError, Forbidden, NotFound
 from app.tenancy import repository as repo
-from app.tenancy.models import Invitation, Tenant, TenantMembership, User, Workspace, WorkspaceMembership
+from app.tenancy.models import Invitation, Tenant, TenantMembership, User, VendorAccessGrant, Workspace, WorkspaceMembership
 
 INVITATION_TTL = timedelta(days=7)
 
@@ -61,7 +61,7 @@ def bootstrap_tenant(session: Session, *, name: str, slug: str, admin_issuer: st
     session.add(user)
     session.flush()
     session.add(TenantMembership(tenant_id=tenant.id, user_id=user.id, role=TenantRole.customer_admin.value))
-    actor = audit.Actor(issuer=None, subject="palisade-cli", user_id=None, role="operator")
+    actor = audit.Actor(issuer=None, subject="palisade-cli", user_id=None, role="operator", type="service")
     audit.record(
         session, tenant_id=tenant.id, actor=actor, meta=audit.RequestMeta(), category=Category.configuration_change,
         action="tenant.create", target_type="tenant", target_id=tenant.id, details={"slug": slug, "admin_user_id": str(user.id)},
@@ -70,9 +70,9 @@ def bootstrap_tenant(session: Session, *, name: str, slug: str, admin_issuer: st
     return tenant
 
 
-def list_tenants(session: Session) -> Sequence[Tenant]:
+def list_tenants(session: Session, *, principal: Principal, meta: audit.RequestMeta) -> Sequence[Tenant]:
     """Every tenant's metadata (vendor staff): the tenants policy opens only for internal_admin."""
-    apply_context(session, DbContext(platform_role=INTERNAL_ADMIN))
+    audit.record_vendor_action(session, principal=principal, meta=meta, action="tenants.list")
     return repo.list_tenants(session)
 
 
@@ -345,3 +345,34 @@ def remove_workspace_member(scope: WorkspaceScope, *, user_id: uuid.UUID) -> Non
     scope.session.flush()
     scope.audit(category=Category.membership_removal, action="workspace_member.remove", target_type="user", target_id=user_id,
                 details={"before": existing.role})
+
+
+# --- vendor access -------------------------------------------------------------------------------
+
+
+def list_vendor_grants(scope: TenantScope) -> Sequence[VendorAccessGrant]:
+    return repo.vendor_grants(scope.session)
+
+
+def grant_vendor_access(scope: TenantScope, *, reason: str, hours: int) -> VendorAccessGrant:
+    """A customer_admin lets vendor staff read the tenant's audit trail for a few hours."""
+    assert scope.user_id is not None
+    grant = VendorAccessGrant(tenant_id=scope.tenant_id, id=uuid.uuid4(), granted_by=scope.user_id, reason=reason,
+                              expires_at=datetime.now(UTC) + timedelta(hours=hours))
+    scope.session.add(grant)
+    scope.session.flush()
+    scope.audit(category=Category.vendor_access, action="vendor_grant.create", target_type="vendor_access_grant",
+                target_id=grant.id, details={"hours": hours, "expires_at": grant.expires_at.isoformat()})
+    return grant
+
+
+def revoke_vendor_access(scope: TenantScope, *, grant_id: uuid.UUID) -> VendorAccessGrant:
+    grant = repo.vendor_grant(scope.session, grant_id)
+    if grant is None:
+        raise NotFound()
+    if grant.revoked_at is None:
+        grant.revoked_at = datetime.now(UTC)
+        scope.session.flush()
+        scope.audit(category=Category.vendor_access, action="vendor_grant.revoke", target_type="vendor_access_grant",
+                    target_id=grant.id)
+    return grant

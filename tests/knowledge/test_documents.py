@@ -272,7 +272,9 @@ class TestCopyAcrossWorkspaces:
         c = cid()
         assert_problem(self.copy(world, caller, source["id"], world.workspaces[1], c), status)
         assert documents_in(world, 1) == []
-        assert audit_rows(superuser, world.tenant_id, c) == []
+        # Nothing crossed; a refusal (403) is itself on the record, the not-found (404) is not.
+        rows = audit_rows(superuser, world.tenant_id, c)
+        assert [(r["category"], r["outcome"]) for r in rows] == ([("access_denied", "denied")] if status == 403 else [])
 
     def test_not_in_target_same_as_random_workspace(self, world: World, source) -> None:
         caller = self.joined(world, "multi_account_manager", None)
@@ -302,7 +304,7 @@ class TestMaterialActionsAreAudited:
         member = world.join(workspace=0, role="member")
         c = cid()
         doc = new_doc(world, member, **with_cid(c))
-        only_audit_row(superuser, world, c, action="document.create", category="data_change", actor_subject=member.subject,
+        only_audit_row(superuser, world, c, action="document.create", category="content_change", actor_subject=member.subject,
                        actor_role="member", target_id=doc["id"], workspace_id=world.workspaces[0], correlation_id=c)
 
     def test_document_delete(self, world: World, superuser) -> None:

@@ -25,7 +25,8 @@ def settings_for(database: TestDatabase, *idps: TestIdP, **overrides: Any) -> Se
 
 @pytest.fixture(scope="session")
 def client(database: TestDatabase, idp: TestIdP) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_for(database, idp)), raise_server_exceptions=False) as c:
+    # A real-looking peer address, as uvicorn would report it: the audit trail records it.
+    with TestClient(create_app(settings_for(database, idp)), raise_server_exceptions=False, client=("203.0.113.7", 50000)) as c:
         yield c
 
 
