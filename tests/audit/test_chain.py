@@ -23,12 +23,13 @@ from app.db.session import DbContext, apply_context, make_engine, make_session_f
 from app.main import create_app
 from tests.support.api import World, settings_for
 from tests.support.database import ROOT
+from tests.support.webhook import SECRET, Receiver, verify_signature
 
 
-def verify_cli(database, *tenants: uuid.UUID) -> subprocess.CompletedProcess[str]:
+def verify_cli(database, *tenants: uuid.UUID, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     args = [arg for t in tenants for arg in ("--tenant", str(t))]
     return subprocess.run([sys.executable, "-m", "app.cli", "audit", "verify", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PALISADE_DATABASE_URL": database.app_url}, timeout=120)
+                          env={**os.environ, "PALISADE_DATABASE_URL": database.app_url, **(env or {})}, timeout=120)
 
 
 def tamper(database, tenant_id: uuid.UUID, *statements: str) -> None:
@@ -115,6 +116,16 @@ class TestTamperingIsFound:
         result = verify_cli(database, busy_world.tenant_id)
         assert result.returncode == 1
         assert "truncated" in result.stderr
+
+    def test_a_break_notifies_the_alert_webhook(self, busy_world: World, database, receiver: Receiver):
+        tamper(database, busy_world.tenant_id, "delete from audit_events where tenant_id = :t and seq = 3")
+        result = verify_cli(database, busy_world.tenant_id,
+                            env={"PALISADE_ALERT_WEBHOOK_URL": receiver.url, "PALISADE_ALERT_WEBHOOK_SECRET": SECRET})
+        assert result.returncode == 1
+        (delivery,) = receiver.requests
+        verify_signature(delivery)
+        assert (delivery.json["rule"], delivery.json["key"]) == ("audit_chain_broken", str(busy_world.tenant_id))
+        assert delivery.json["details"]["kind"] == "missing"
 
     def test_other_tenants_stay_verified(self, busy_world: World, other_world: World, database):
         tamper(database, busy_world.tenant_id, "delete from audit_events where tenant_id = :t and seq = 2")
