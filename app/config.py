@@ -69,6 +69,29 @@ class Settings(BaseSettings):
     sentry_environment: str = "production"
     sentry_traces_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
 
+    # --- the edge (layer 3) -------------------------------------------------------------------
+    # Browser origins allowed to call the API (exact scheme://host[:port] matches; never "*").
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # HSTS is sent on HTTPS requests (directly, or as told by a trusted proxy).
+    hsts_max_age_seconds: int = Field(default=63_072_000, ge=0)  # two years
+    hsts_preload: bool = False
+    # Request bodies larger than this are refused before they are read or parsed.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (CIDRs): the on-prem nginx, the
+    # Azure ingress. Cloudflare's published ranges, whose CF-Connecting-IP is believed.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cloudflare_ranges: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Requests per minute per user (per client IP when unauthenticated), and per route class.
+    rate_limit_per_minute: int = Field(default=100, ge=1)
+    rate_limit_classes: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    # Largest upload accepted (brand assets, knowledge files).
+    upload_max_bytes: int = Field(default=10_485_760, ge=1024)
+    # Cloudflare Turnstile on public routes: on when a secret is set; production requires it.
+    turnstile_secret: str | None = None
+    turnstile_siteverify_url: str = "https://challenges.cloudflare.com/turnstile/v0/siteverify"
+    turnstile_expected_hostname: str | None = None
+    turnstile_expected_action: str | None = None
+
     # Alerts: rule notifications are POSTed here, signed with HMAC-SHA256 over the body.
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None
@@ -82,12 +105,40 @@ class Settings(BaseSettings):
             return TypeAdapter(list[IssuerConfig]).validate_json(value) if value.strip() else []
         return value
 
+    @field_validator("cors_allow_origins", "trusted_proxies", "cloudflare_ranges", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("rate_limit_classes", mode="before")
+    @classmethod
+    def _json_dict(cls, value: object) -> object:
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value) if value.strip() else {}
+        return value
+
     @field_validator("database_url", "admin_database_url")
     @classmethod
     def _psycopg_driver(cls, value: str) -> str:
         if value and value.startswith("postgresql://"):
             return "postgresql+psycopg://" + value.removeprefix("postgresql://")
         return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_origin(self) -> Settings:
+        # Credentials (bearer tokens) cross origins here, so "*" is never a safe answer.
+        if "*" in self.cors_allow_origins or "null" in self.cors_allow_origins:
+            raise ValueError("CORS origins must be listed exactly: '*' and 'null' are refused")
+        return self
 
     @model_validator(mode="after")
     def _production_is_strict(self) -> Settings:
@@ -100,6 +151,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"issuer {issuer.issuer!r} must use https in production mode")
         if not self.issuers:
             raise ValueError("production mode needs at least one OIDC issuer (PALISADE_ISSUERS)")
+        if not self.turnstile_secret:
+            raise ValueError("production mode needs Turnstile on its public routes (PALISADE_TURNSTILE_SECRET)")
         return self
 
     @property

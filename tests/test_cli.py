@@ -49,7 +49,7 @@ class TestDoctorCommand:
 
 class TestProductionStartup:
     def settings(self, db) -> Settings:
-        return Settings(_env_file=None, mode="production", database_url=db.app_url,
+        return Settings(_env_file=None, mode="production", database_url=db.app_url, turnstile_secret="test-secret",
                         issuers=[IssuerConfig(issuer="https://idp.example.invalid/realms/x", audience="palisade")])
 
     def test_refuses_a_database_doctor_rejects(self, fresh_database):

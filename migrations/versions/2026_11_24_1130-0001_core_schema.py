@@ -9,23 +9,15 @@ Create Date: 2026-11-24 11:30
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
+
+from migrations.helpers import CURRENT_TENANT, app_role, isolate
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
-
-CURRENT_TENANT = "(select nullif(current_setting('app.tenant_id', true), '')::uuid)"
-CURRENT_WORKSPACE = "(select nullif(current_setting('app.workspace_id', true), '')::uuid)"
-
-
-def _app_role() -> str:
-    role = context.config.attributes.get("app_role") or context.get_x_argument(as_dictionary=True).get("app_role")
-    if not role:
-        raise RuntimeError("the app role name is required (palisade migrate takes it from the app database URL)")
-    return role
 
 
 def _uuid() -> UUID:
@@ -40,23 +32,8 @@ def _tenant_fk(table: str) -> sa.ForeignKeyConstraint:
     return sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=f"fk_{table}_tenant_id_tenants", ondelete="CASCADE")
 
 
-def _isolate(table: str, *, workspace: bool = False) -> None:
-    """ENABLE + FORCE RLS: one PERMISSIVE tenant policy, a RESTRICTIVE workspace one where it applies."""
-    op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-    op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-    op.execute(
-        f"CREATE POLICY tenant_isolation ON {table} AS PERMISSIVE FOR ALL "
-        f"USING (tenant_id = {CURRENT_TENANT}) WITH CHECK (tenant_id = {CURRENT_TENANT})"
-    )
-    if workspace:
-        op.execute(
-            f"CREATE POLICY workspace_isolation ON {table} AS RESTRICTIVE FOR ALL "
-            f"USING (workspace_id = {CURRENT_WORKSPACE}) WITH CHECK (workspace_id = {CURRENT_WORKSPACE})"
-        )
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     # Created without a password: the installer sets it (or uses certificate/Entra auth).
     op.execute(
         f"""
@@ -252,8 +229,8 @@ def upgrade() -> None:
         f"WITH CHECK (id = {CURRENT_TENANT})"
     )
     for table in ("users", "tenant_memberships", "workspaces", "workspace_memberships", "invitations", "audit_events"):
-        _isolate(table)
-    _isolate("documents", workspace=True)
+        isolate(table)
+    isolate("documents", workspace=True)
 
 
 def downgrade() -> None:

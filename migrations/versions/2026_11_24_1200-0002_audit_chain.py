@@ -12,35 +12,19 @@ Create Date: 2026-11-24 12:00
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
+
+from migrations.helpers import app_role, isolate
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-CURRENT_TENANT = "(select nullif(current_setting('app.tenant_id', true), '')::uuid)"
-
-
-def _app_role() -> str:
-    role = context.config.attributes.get("app_role") or context.get_x_argument(as_dictionary=True).get("app_role")
-    if not role:
-        raise RuntimeError("the app role name is required (palisade migrate takes it from the app database URL)")
-    return role
-
-
-def _isolate(table: str) -> None:
-    op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-    op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-    op.execute(
-        f"CREATE POLICY tenant_isolation ON {table} AS PERMISSIVE FOR ALL "
-        f"USING (tenant_id = {CURRENT_TENANT}) WITH CHECK (tenant_id = {CURRENT_TENANT})"
-    )
-
 
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     op.add_column("audit_events", sa.Column("seq", sa.BigInteger()))
     op.add_column("audit_events", sa.Column("prev_hash", sa.String(64)))
     op.add_column("audit_events", sa.Column("hash", sa.String(64)))
@@ -60,7 +44,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", name="pk_audit_chain_heads"),
     )
     op.execute(f'GRANT SELECT, INSERT, UPDATE ON audit_chain_heads TO "{role}"')
-    _isolate("audit_chain_heads")
+    isolate("audit_chain_heads")
 
     # A tenant's time-boxed consent for vendor staff to read its audit trail.
     op.create_table(
@@ -79,7 +63,7 @@ def upgrade() -> None:
         ),
     )
     op.execute(f'GRANT SELECT, INSERT, UPDATE ON vendor_access_grants TO "{role}"')
-    _isolate("vendor_access_grants")
+    isolate("vendor_access_grants")
 
 
 def downgrade() -> None:

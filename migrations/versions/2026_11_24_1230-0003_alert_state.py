@@ -13,7 +13,9 @@ Create Date: 2026-11-24 12:30
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
+
+from migrations.helpers import app_role
 
 revision = "0003"
 down_revision = "0002"
@@ -21,15 +23,8 @@ branch_labels = None
 depends_on = None
 
 
-def _app_role() -> str:
-    role = context.config.attributes.get("app_role") or context.get_x_argument(as_dictionary=True).get("app_role")
-    if not role:
-        raise RuntimeError("the app role name is required (palisade migrate takes it from the app database URL)")
-    return role
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     op.create_table(
         "alert_counters",
         sa.Column("rule", sa.String(64), nullable=False),

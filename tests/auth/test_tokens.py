@@ -540,11 +540,23 @@ class TestProductionSettings:
             "mode": "production",
             "database_url": "postgresql://palisade_app@db.internal/palisade",
             "issuers": [IssuerConfig(issuer="https://idp.example.com/realms/palisade", audience="palisade-api")],
+            "turnstile_secret": "turnstile-test-secret",
         }
         return Settings(_env_file=None, **(values | overrides))
 
     def test_an_https_issuer_is_accepted(self) -> None:
         assert self.settings().mode == "production"
+
+    def test_public_routes_without_turnstile_are_refused(self) -> None:
+        with pytest.raises(ValidationError, match="TURNSTILE"):
+            self.settings(turnstile_secret=None)
+
+    @pytest.mark.parametrize("origin", ["*", "null"])
+    def test_wildcard_or_null_cors_origin_is_refused_in_any_mode(self, origin: str) -> None:
+        with pytest.raises(ValidationError, match="CORS"):
+            self.settings(cors_allow_origins=[origin])
+        with pytest.raises(ValidationError, match="CORS"):
+            Settings(_env_file=None, cors_allow_origins=[origin])
 
     @pytest.mark.parametrize("issuer", ["http://idp.example.com/realms/palisade", "http://127.0.0.1:8080", "HTTP://idp.example.com"])
     def test_an_http_issuer_is_refused(self, issuer: str) -> None:
