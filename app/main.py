@@ -20,6 +20,7 @@ from app.authz import denials
 from app.authz.denials import route_label
 from app.config import Mode, Settings, get_settings
 from app.db.session import make_engine, make_session_factory
+from app.edge.turnstile import TurnstileVerifier
 from app.knowledge.router import router as knowledge_router
 from app.observability.logging import bind_request_context, clear_request_context, configure_logging
 from app.observability.sentry import init_sentry
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit.install_log_hooks(app.state.sessions)
         app.state.verifier = _verifier(settings)
         instrument_httpx_client(app.state.verifier.http)
+        app.state.turnstile = TurnstileVerifier(settings)
         alert_engine = alerts.AlertEngine(engine, settings).start()
         alerts.install(alert_engine)
         try:
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             alerts.install(None)
             alert_engine.stop(timeout=5)
+            app.state.turnstile.close()
             app.state.verifier.close()
             engine.dispose()
 

@@ -10,6 +10,7 @@ from app.audit.schemas import VendorAccessGrantCreate, VendorAccessGrantRead
 from app.auth.dependencies import Caller, InternalAdmin
 from app.authz.dependencies import Meta, TenantAdmin, TenantMember, TenantMetadataReader, WorkspaceAdmin, WorkspaceManager
 from app.db.dependencies import DbSession
+from app.edge.turnstile import HumanVerified
 from app.tenancy import service
 from app.tenancy.schemas import (
     InvitationAccept,
@@ -76,7 +77,8 @@ def create_invitation(body: InvitationCreate, scope: TenantMember) -> Invitation
 
 
 @router.post("/invitations/accept", response_model=InvitationAccepted, tags=["invitations"])
-def accept_invitation(body: InvitationAccept, caller: Caller, session: DbSession, meta: Meta) -> InvitationAccepted:
+def accept_invitation(body: InvitationAccept, caller: Caller, session: DbSession, meta: Meta, _: HumanVerified) -> InvitationAccepted:
+    """Join a tenant with an invitation token; a Turnstile token is required when Turnstile is on."""
     tenant_id, user_id = service.accept_invitation(session, principal=caller, meta=meta, token=body.token)
     return InvitationAccepted(tenant_id=tenant_id, user_id=user_id)
 
