@@ -20,6 +20,7 @@ from app.authz import denials
 from app.authz.denials import route_label
 from app.config import Mode, Settings, get_settings
 from app.db.session import make_engine, make_session_factory
+from app.edge import http as edge_http
 from app.edge.turnstile import TurnstileVerifier
 from app.knowledge.router import router as knowledge_router
 from app.observability.logging import bind_request_context, clear_request_context, configure_logging
@@ -98,7 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        # The interactive page loads Swagger UI from a CDN: development only.
+        docs_url="/api/v1/docs" if settings.mode is Mode.development else None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -153,4 +155,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(audit_router)
     api.include_router(knowledge_router)
     app.include_router(api)
+    edge_http.install(app, settings)
     return app
