@@ -10,7 +10,9 @@ import typer
 
 from app.config import DEV_ISSUER, Mode, Settings, get_settings
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Palisade: multi-tenant AI workspace appliance.")
+# Tracebacks never print local variables: they may hold secrets.
+cli = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  help="Palisade: multi-tenant AI workspace appliance.")
 tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants (operator commands).")
 cli.add_typer(tenant_cli, name="tenant")
 audit_cli = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
@@ -27,9 +29,11 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _settings() -> Settings:
+    from app.crypto.secrets import SecretError
+
     try:
         return get_settings()
-    except ValueError as exc:  # pydantic's ValidationError names fields, never values of secrets
+    except (ValueError, SecretError) as exc:  # these name settings and secrets, never their values
         raise _fail(f"configuration error: {exc}") from None
 
 

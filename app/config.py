@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,7 +39,8 @@ class IssuerConfig(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PALISADE_", env_file=".env", extra="ignore")
+    # Errors name the setting, never echo its value (it may be a secret).
+    model_config = SettingsConfigDict(env_prefix="PALISADE_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     mode: Mode = Mode.development
     # The app role's URL: the only one the running app uses.
@@ -91,6 +92,18 @@ class Settings(BaseSettings):
     turnstile_siteverify_url: str = "https://challenges.cloudflare.com/turnstile/v0/siteverify"
     turnstile_expected_hostname: str | None = None
     turnstile_expected_action: str | None = None
+
+    # --- secrets and keys ---------------------------------------------------------------------
+    # Where secrets come from. `env` (these PALISADE_* settings themselves) is for development
+    # only; production reads every secret from Key Vault, owner-only files or systemd credentials.
+    secret_provider: Literal["env", "files", "systemd", "keyvault"] = "env"
+    key_vault_url: str | None = None
+    secrets_dir: Path | None = None
+    azure_managed_identity_client_id: str | None = None
+    # The key-encryption key wrapping each tenant's data key: in Key Vault, or local key files.
+    kek_provider: Literal["local", "keyvault"] = "local"
+    kek_key_url: str | None = None
+    kek_dir: Path | None = None
 
     # Alerts: rule notifications are POSTed here, signed with HMAC-SHA256 over the body.
     alert_webhook_url: str | None = None
@@ -151,8 +164,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"issuer {issuer.issuer!r} must use https in production mode")
         if not self.issuers:
             raise ValueError("production mode needs at least one OIDC issuer (PALISADE_ISSUERS)")
-        if not self.turnstile_secret:
-            raise ValueError("production mode needs Turnstile on its public routes (PALISADE_TURNSTILE_SECRET)")
+        if self.secret_provider == "env":
+            raise ValueError("production mode reads secrets from keyvault, files or systemd (PALISADE_SECRET_PROVIDER), never from the environment")
+        if self.secret_provider == "keyvault" and not (self.key_vault_url or "").startswith("https://"):
+            raise ValueError("the keyvault secret provider needs an https PALISADE_KEY_VAULT_URL")
         return self
 
     @property
@@ -164,12 +179,52 @@ class Settings(BaseSettings):
         return name
 
     def require(self, *names: str) -> None:
-        """Fail with a message naming each missing setting (never a value)."""
+        """Fail with a message naming each missing setting or secret (never a value)."""
         missing = [n for n in names if not getattr(self, n)]
-        if missing:
-            raise ValueError("missing settings: " + ", ".join("PALISADE_" + n.upper() for n in missing))
+        if not missing:
+            return
+        if self.secret_provider != "env":
+            raise ValueError(f"missing secrets (from the {self.secret_provider} provider): "
+                             + ", ".join(SECRET_FIELDS.get(n, "PALISADE_" + n.upper()) for n in missing))
+        raise ValueError("missing settings: " + ", ".join("PALISADE_" + n.upper() for n in missing))
+
+
+# Settings that are secrets, and their names at the secret provider (Key Vault allows only
+# letters, digits and dashes, so these names work everywhere).
+SECRET_FIELDS = {
+    "database_url": "database-url",
+    "admin_database_url": "admin-database-url",
+    "turnstile_secret": "turnstile-secret",
+    "sentry_dsn": "sentry-dsn",
+    "alert_webhook_secret": "alert-webhook-secret",
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from PALISADE_* variables; with a secret provider, every secret from the provider.
+
+    With a provider configured, a secret given as a variable or in a config file is refused: in
+    production nothing secret may live in the environment.
+    """
+    from app.crypto.secrets import MissingSecret, provider_for
+
+    base = Settings(**overrides)  # type: ignore[arg-type]
+    if base.secret_provider == "env":
+        return base
+    given = [f for f in SECRET_FIELDS if getattr(base, f)]
+    if given:
+        raise ValueError("secrets must come from the secret provider, not the environment: "
+                         + ", ".join("PALISADE_" + f.upper() for f in given))
+    provider = provider_for(base)
+    secrets: dict[str, str] = {}
+    for field, name in SECRET_FIELDS.items():
+        try:
+            secrets[field] = provider.get(name).reveal()
+        except MissingSecret:
+            continue  # optional ones stay unset; `require()` names the ones a command needs
+    return Settings(**{**base.model_dump(exclude_unset=True), **overrides, **secrets})  # type: ignore[arg-type]
 
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

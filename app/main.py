@@ -70,6 +70,8 @@ def _refuse_unsafe_database(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.require("database_url")
+    if settings.mode is Mode.production:
+        settings.require("turnstile_secret")  # production keeps Turnstile on its public routes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

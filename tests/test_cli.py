@@ -50,12 +50,17 @@ class TestDoctorCommand:
 class TestProductionStartup:
     def settings(self, db) -> Settings:
         return Settings(_env_file=None, mode="production", database_url=db.app_url, turnstile_secret="test-secret",
+                        secret_provider="files", secrets_dir="/run/credentials/palisade",
                         issuers=[IssuerConfig(issuer="https://idp.example.invalid/realms/x", audience="palisade")])
 
     def test_refuses_a_database_doctor_rejects(self, fresh_database):
         superuser_execute(fresh_database.superuser_db_url, "CREATE VIEW leaky AS SELECT * FROM documents")
         with pytest.raises(StartupRefused, match="public.leaky"), TestClient(create_app(self.settings(fresh_database))):
             pass
+
+    def test_refuses_to_start_without_turnstile(self, database):
+        with pytest.raises(ValueError, match="turnstile-secret"):
+            create_app(self.settings(database).model_copy(update={"turnstile_secret": None}))
 
     def test_starts_on_a_sound_database(self, database):
         with TestClient(create_app(self.settings(database))) as client:

@@ -541,15 +541,21 @@ class TestProductionSettings:
             "database_url": "postgresql://palisade_app@db.internal/palisade",
             "issuers": [IssuerConfig(issuer="https://idp.example.com/realms/palisade", audience="palisade-api")],
             "turnstile_secret": "turnstile-test-secret",
+            "secret_provider": "files",
+            "secrets_dir": "/run/credentials/palisade",
         }
         return Settings(_env_file=None, **(values | overrides))
 
     def test_an_https_issuer_is_accepted(self) -> None:
         assert self.settings().mode == "production"
 
-    def test_public_routes_without_turnstile_are_refused(self) -> None:
-        with pytest.raises(ValidationError, match="TURNSTILE"):
-            self.settings(turnstile_secret=None)
+    def test_secrets_from_the_environment_are_refused(self) -> None:
+        with pytest.raises(ValidationError, match="never from the environment"):
+            self.settings(secret_provider="env")
+
+    def test_key_vault_must_be_https(self) -> None:
+        with pytest.raises(ValidationError, match="https"):
+            self.settings(secret_provider="keyvault", key_vault_url="http://vault.local/")
 
     @pytest.mark.parametrize("origin", ["*", "null"])
     def test_wildcard_or_null_cors_origin_is_refused_in_any_mode(self, origin: str) -> None:

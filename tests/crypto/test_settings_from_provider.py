@@ -1,0 +1,67 @@
+"""Production reads every secret from the provider: here, owner-only files, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.database import ROOT
+
+ISSUERS = json.dumps([{"issuer": "https://idp.example.com/realms/palisade", "audience": "palisade"}])
+
+
+def palisade(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PALISADE_")}
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**clean, **env}, timeout=120)
+
+
+@pytest.fixture
+def secrets_dir(tmp_path: Path, database) -> Path:
+    directory = tmp_path / "credentials"
+    directory.mkdir(mode=0o700)
+    for name, value in {"database-url": database.app_url, "turnstile-secret": "ts-secret-value-1"}.items():
+        path = directory / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+    return directory
+
+
+def production(secrets_dir: Path, **extra: str) -> dict[str, str]:
+    return {"PALISADE_MODE": "production", "PALISADE_ISSUERS": ISSUERS, "PALISADE_SECRET_PROVIDER": "files",
+            "PALISADE_SECRETS_DIR": str(secrets_dir), **extra}
+
+
+class TestFromFiles:
+    def test_doctor_runs_on_the_database_url_read_from_a_file(self, secrets_dir: Path):
+        result = palisade("doctor", env=production(secrets_dir))
+        assert result.returncode == 0, result.stderr
+        assert "checks passed" in result.stdout
+
+    def test_missing_secret_is_named_never_valued(self, secrets_dir: Path, database):
+        (secrets_dir / "database-url").unlink()
+        result = palisade("doctor", env=production(secrets_dir))
+        assert result.returncode == 1
+        assert "database-url" in result.stderr and database.app_url not in result.stderr
+
+    def test_a_file_others_can_read_is_refused(self, secrets_dir: Path, database):
+        (secrets_dir / "database-url").chmod(0o644)
+        result = palisade("doctor", env=production(secrets_dir))
+        assert result.returncode == 1
+        assert "database-url" in result.stderr and database.app_url not in result.stderr
+
+    def test_a_secret_in_the_environment_is_refused(self, secrets_dir: Path, database):
+        result = palisade("doctor", env=production(secrets_dir, PALISADE_DATABASE_URL=database.app_url))
+        assert result.returncode == 1
+        assert "PALISADE_DATABASE_URL" in result.stderr and database.app_url not in result.stderr
+
+    def test_production_refuses_the_environment_provider(self, database):
+        result = palisade("doctor", env={"PALISADE_MODE": "production", "PALISADE_ISSUERS": ISSUERS,
+                                         "PALISADE_DATABASE_URL": database.app_url})
+        assert result.returncode == 1
+        assert "never from the environment" in result.stderr and database.app_url not in result.stderr
