@@ -20,6 +20,12 @@ from tests.support.idp import TestIdP
 
 def settings_for(database: TestDatabase, *idps: TestIdP, **overrides: Any) -> Settings:
     issuers = [IssuerConfig(issuer=i.issuer, audience=i.audience) for i in idps]
+    # Every test shares one client address and a few session-wide callers: limits are lifted here,
+    # and tests/edge/test_ratelimit.py sets the ones it tests.
+    unlimited = 1_000_000
+    overrides.setdefault("rate_limit_per_minute", unlimited)
+    overrides.setdefault("rate_limit_classes", {"auth-public": unlimited, "export": unlimited, "upload": unlimited,
+                                                "auth-failure": unlimited})
     return Settings(_env_file=None, database_url=database.app_url, issuers=issuers, **overrides)
 
 

@@ -1,0 +1,635 @@
+"""Rate limits shared by every replica: per user (per client address when anonymous), per route class.
+
+Design notes
+- Algorithm: a sliding-window estimate over fixed windows (the one Cloudflare describes). Each
+  bucket keeps one counter per fixed window of `window_seconds` (60 by default, so the configured
+  limits are "per minute"); the usage at time t, `elapsed` seconds into the current window, is
+      used = current + previous * (1 - elapsed / window)
+  and a hit is admitted when `used + 1 <= limit`. Unlike a bare fixed window, this never lets
+  2 × limit through around a window boundary, and it needs two counters per bucket, not a log.
+  Refused hits are not counted: a client that keeps hammering gets exactly `limit` requests per
+  window through, and `Retry-After` tells the truth (the time until one more hit fits, assuming
+  nothing else is counted meanwhile).
+- Store: PostgreSQL by default (`PostgresStore`), one statement per hit on an autocommit
+  connection: an `INSERT ... ON CONFLICT (bucket, window_start) DO UPDATE SET count =
+  rate_limit_windows.count + 1 WHERE <still fits> RETURNING count` with the previous window read
+  in the same statement. Window boundaries and `elapsed` come from the database clock (one clock
+  for every replica). The row lock of ON CONFLICT DO UPDATE makes check-and-increment atomic, so
+  replicas together never admit more than the limit. Old windows are pruned opportunistically
+  (bounded batches, at most once per `prune_interval` per process). Redis (or anything else) fits
+  behind the same `Store` protocol; `MemoryStore` is the single-process reference implementation.
+- Local refusal cache: once a bucket is known to be full (remaining 0, or refused), this process
+  refuses it without a database round trip until the computed retry time. That is exact, not an
+  approximation: counts only grow and the estimate only decays, so the database would refuse too.
+- Keys: the verified principal (`issuer|subject`) when authenticated, else the client address from
+  `app.edge.client.request_meta` (trusted proxies honoured there; IPv6 grouped by /64, one host
+  holds a whole /64). Bucket names carry a SHA-256 digest of the identity, never the identity.
+- Route classes: every route belongs to one class with its own limit (`settings.rate_limit_classes`
+  overrides the defaults below; "default" is `settings.rate_limit_per_minute`). A route picks its
+  class via `openapi_extra={"x-rate-limit-class": ...}`, else `ROUTE_CLASSES` (exact
+  `METHOD /template` relative to the API root, or a glob), else "default". Each request counts
+  against its class only.
+- Where it runs: `limit` is a dependency on the API router, right after `get_principal`, so the
+  caller is known and nothing touched the tenant's data yet. Failed authentication never reaches
+  it, so the middleware `install()` adds counts every 401 per client address (class
+  "auth-failure", generous by default) and, once an address is over that limit, answers 429 before
+  the token is even verified: token guessing gets `limit` attempts per window per address (plus at
+  most one per replica that has not yet seen the address fail). Only failures count, so a whole
+  office behind one NAT address is not throttled by its successful requests. Health probes are
+  exempt.
+- Responses: a 429 is problem+json with `Retry-After`; every limited response (429, 401 and
+  successful ones) carries `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
+  `RateLimit-Policy: <limit>;w=<window>` (draft-ietf-httpapi-ratelimit-headers). `RateLimit-Reset`
+  is the seconds until the current window ends (from then on its count only decays) or, with
+  nothing remaining, until the next request fits.
+- Alerts: each refusal feeds `alerts.RATE_LIMIT_SATURATED`, keyed by the tenant id when the
+  request has a resolved tenant scope, else `user:<issuer>|<subject>` or `ip:<address>` (the
+  limiter runs before tenant access is checked, and an unverified tenant id from the path must not
+  become a key). Observations are coalesced to at most one per key per second (`value` = refusals
+  since the last one), so a flood of refusals does not turn into a flood of alert writes.
+- Failure: if the store fails, the request is refused with 503 (fail closed) and logged; counting
+  a 401 that fails is logged and the 401 goes out unchanged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import alerts, problems
+from app.alerts.rules import ip_key
+from app.config import Settings
+from app.edge.client import request_meta
+
+log = logging.getLogger("palisade.ratelimit")
+
+DEFAULT_WINDOW_SECONDS = 60
+ROUTE_CLASS_EXTRA = "x-rate-limit-class"
+API_ROOT = "/api/v1"
+AUTH_FAILURE = "auth-failure"
+_EPSILON = 1e-9
+_STATE_KEY = "rate_limit"
+
+
+@dataclass(frozen=True)
+class RouteClass:
+    """A class of routes sharing one limit. `key`: "caller" (user, else address) or "ip" (always the address)."""
+
+    name: str
+    default_limit: int | None  # None: `settings.rate_limit_per_minute`
+    key: Literal["caller", "ip"]
+    description: str
+
+
+CLASSES: dict[str, RouteClass] = {
+    c.name: c
+    for c in (
+        RouteClass("default", None, "caller", "Every route without a class of its own."),
+        RouteClass("auth-public", 20, "ip", "Public or onboarding routes that take a secret (invitation accept): per client address."),
+        RouteClass("export", 10, "caller", "Bulk exports (audit trail, privacy exports): expensive, streamed."),
+        RouteClass("upload", 30, "caller", "File uploads (brand assets, knowledge files)."),
+        RouteClass(AUTH_FAILURE, 60, "ip", "Failed authentications (401) per client address, checked before the token is verified."),
+    )
+}
+
+# `METHOD /template` relative to the API root (exact first, then globs in order) → class name.
+# Routes may instead carry `openapi_extra={"x-rate-limit-class": "<class>"}`.
+# Globs err on the strict side: a future `.../export` route is an export until it says otherwise.
+ROUTE_CLASSES: dict[str, str] = {
+    "POST /invitations/accept": "auth-public",
+    "GET /tenants/{tenant_id}/audit-events/export": "export",
+    "GET /audit-events/export": "export",
+    "POST /tenants/{tenant_id}/workspaces/{workspace_id}/files": "upload",
+    "GET */export": "export",
+    "POST */exports": "export",
+}
+
+
+# ---- the algorithm ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a store saw for one hit: the current window's count (after the hit when counted), the
+    previous window's count, how far (seconds) into the current window, and whether it counted."""
+
+    current: int
+    previous: int
+    elapsed: float
+    counted: bool
+
+
+def used(counts: Counts, window: float) -> float:
+    """The sliding-window estimate of hits in the last `window` seconds."""
+    return counts.current + counts.previous * max(0.0, 1.0 - counts.elapsed / window)
+
+
+def next_allowed_in(current: int, previous: int, elapsed: float, limit: int, window: float) -> float:
+    """Seconds until one more hit fits (`used + 1 <= limit`), if nothing else is counted meanwhile."""
+    room = limit - 1 - current
+    if room >= 0:
+        if previous <= 0 or previous * max(0.0, 1.0 - elapsed / window) <= room + _EPSILON:
+            return 0.0
+        # previous * (1 - e / window) == room  at  e = window * (1 - room / previous)  (<= window)
+        return max(0.0, window * (1.0 - room / previous) - elapsed)
+    # The current window alone is full: wait for it to become the (decaying) previous one.
+    decay = window * (1.0 - (limit - 1) / current) if current > limit - 1 else 0.0
+    return (window - elapsed) + decay
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one request, and the headers that describe it."""
+
+    route_class: str
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # seconds
+    retry_after: int  # seconds until the next request fits; 0 while some remain
+    window: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+            "RateLimit-Policy": f"{self.limit};w={self.window}",
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+
+def decide(route_class: str, counts: Counts, limit: int, window: int) -> tuple[Decision, float]:
+    """The decision for `counts`, and how long (seconds, exact) the bucket stays full (0: not full)."""
+    if counts.counted:
+        remaining = max(0, math.floor(limit - used(counts, window) + _EPSILON))
+    else:
+        remaining = 0
+    full_for = next_allowed_in(counts.current, counts.previous, counts.elapsed, limit, window) if remaining == 0 else 0.0
+    if remaining > 0:
+        reset = max(1, math.ceil(window - counts.elapsed))
+    else:
+        reset = max(1, math.ceil(full_for))
+    decision = Decision(route_class=route_class, allowed=counts.counted, limit=limit, remaining=remaining, reset=reset,
+                        retry_after=0 if counts.counted else reset, window=window)
+    return decision, full_for
+
+
+# ---- stores ----------------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """Where the windows live. Every replica must share it (PostgreSQL, or e.g. Redis)."""
+
+    def hit(self, bucket: str, *, limit: int, window_seconds: int, force: bool = False) -> Counts:
+        """Count one hit in the current window if `used + 1 <= limit` (always when `force`), atomically."""
+        ...
+
+    def prune(self, *, keep_seconds: int) -> int:
+        """Delete windows that started more than `keep_seconds` ago; returns how many went."""
+        ...
+
+
+_HIT = text(
+    """
+    with t as (
+      select n.now, to_timestamp(floor(extract(epoch from n.now) / cast(:window as integer)) * cast(:window as integer)) as start
+        from (select now() as now) n
+    ), w as (
+      select t.start,
+             cast(extract(epoch from t.now - t.start) as float8) as elapsed,
+             coalesce((select r.count from rate_limit_windows r
+                        where r.bucket = :bucket
+                          and r.window_start = t.start - make_interval(secs => cast(:window as integer))), 0) as previous
+        from t
+    ), p as (
+      select w.*, w.previous * greatest(0.0, 1.0 - w.elapsed / cast(:window as integer)) as weighted from w
+    ), hit as (
+      insert into rate_limit_windows as r (bucket, window_start, count)
+      select :bucket, p.start, 1 from p
+       where cast(:force as boolean) or 1 + p.weighted <= cast(:limit as integer) + 1e-9
+      on conflict (bucket, window_start) do update set count = r.count + 1
+       where cast(:force as boolean) or r.count + 1 + (select p.weighted from p) <= cast(:limit as integer) + 1e-9
+      returning r.count
+    )
+    select coalesce((select hit.count from hit),
+                    (select r.count from rate_limit_windows r, p where r.bucket = :bucket and r.window_start = p.start),
+                    0) as current,
+           p.previous, p.elapsed, exists (select 1 from hit) as counted
+      from p
+    """
+)
+
+# In bounded batches, so one prune never holds many row locks or runs long.
+_PRUNE = text(
+    """
+    delete from rate_limit_windows where ctid = any (array(
+      select ctid from rate_limit_windows
+       where window_start < now() - make_interval(secs => cast(:keep as integer))
+       limit 5000))
+    """
+)
+
+
+class PostgresStore:
+    """The default store: the `rate_limit_windows` table, one autocommit statement per hit."""
+
+    def __init__(self, engine: Engine | Callable[[], Engine]) -> None:
+        self._engine = engine
+
+    def _connect(self) -> Connection:
+        engine = self._engine() if callable(self._engine) else self._engine
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def hit(self, bucket: str, *, limit: int, window_seconds: int, force: bool = False) -> Counts:
+        with self._connect() as conn:
+            row = conn.execute(_HIT, {"bucket": bucket, "window": window_seconds, "limit": limit, "force": force}).one()
+        return Counts(current=int(row.current), previous=int(row.previous), elapsed=float(row.elapsed), counted=bool(row.counted))
+
+    def prune(self, *, keep_seconds: int) -> int:
+        with self._connect() as conn:
+            return conn.execute(_PRUNE, {"keep": keep_seconds}).rowcount
+
+
+class MemoryStore:
+    """One process only (development, unit tests): the same semantics, in a dict."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, int, int], int] = {}  # (bucket, window, index) -> count
+
+    def hit(self, bucket: str, *, limit: int, window_seconds: int, force: bool = False) -> Counts:
+        now = self._clock()
+        index = math.floor(now / window_seconds)
+        elapsed = now - index * window_seconds
+        with self._lock:
+            current = self._windows.get((bucket, window_seconds, index), 0)
+            previous = self._windows.get((bucket, window_seconds, index - 1), 0)
+            counts = Counts(current + 1, previous, elapsed, True)
+            if force or used(counts, window_seconds) <= limit + _EPSILON:
+                self._windows[(bucket, window_seconds, index)] = current + 1
+                return counts
+            return Counts(current, previous, elapsed, False)
+
+    def prune(self, *, keep_seconds: int) -> int:
+        cutoff = self._clock() - keep_seconds
+        with self._lock:
+            old = [k for k in self._windows if k[2] * k[1] < cutoff]
+            for k in old:
+                del self._windows[k]
+        return len(old)
+
+
+# ---- the limiter -----------------------------------------------------------------------------
+
+
+class RateLimited(Exception):
+    """A request over its limit; answered 429 with the decision's headers."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("rate limited")
+        self.decision = decision
+
+
+class RateLimiterUnavailable(Exception):
+    """The store failed: the request is refused (503), never let through unlimited."""
+
+
+class _Blocked:
+    """Buckets known to be full, until when (monotonic): refused here without asking the store."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[str, tuple[float, Decision]] = {}
+        self._max = max_entries
+
+    def get(self, bucket: str, now: float) -> tuple[float, Decision] | None:
+        with self._lock:
+            entry = self._until.get(bucket)
+            if entry is not None and entry[0] <= now:
+                del self._until[bucket]
+                return None
+            return entry
+
+    def put(self, bucket: str, until: float, decision: Decision, now: float) -> None:
+        with self._lock:
+            if bucket not in self._until and len(self._until) >= self._max:
+                for key in [k for k, (u, _) in self._until.items() if u <= now]:
+                    del self._until[key]
+                while len(self._until) >= self._max:  # still full: forget the oldest entries
+                    del self._until[next(iter(self._until))]
+            self._until[bucket] = (until, decision)
+
+
+class _Saturation:
+    """Coalesces refusals into at most one alert observation per key per `interval` seconds."""
+
+    def __init__(self, interval: float = 1.0, max_keys: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, tuple[int, float]] = {}  # key -> (pending refusals, last emitted)
+        self._interval = interval
+        self._max = max_keys
+
+    def refused(self, key: str, details: dict[str, Any]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            pending, last = self._keys.pop(key, (0, -math.inf))
+            pending += 1
+            emit = now - last >= self._interval
+            self._keys[key] = (0, now) if emit else (pending, last)
+            while len(self._keys) > self._max:
+                del self._keys[next(iter(self._keys))]
+        if emit:
+            alerts.observe(alerts.RATE_LIMIT_SATURATED, key, value=pending, details=details)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whom a bucket counts: `kind` "user" or "ip", the identity, and the alert key for refusals."""
+
+    kind: Literal["user", "ip"]
+    value: str
+    alert_key: str
+
+
+def resolve_limits(settings: Settings) -> dict[str, int]:
+    """Every class's per-window limit: the defaults, `rate_limit_per_minute`, then `rate_limit_classes`."""
+    limits = {name: c.default_limit or settings.rate_limit_per_minute for name, c in CLASSES.items()}
+    unknown = sorted(set(settings.rate_limit_classes) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"PALISADE_RATE_LIMIT_CLASSES names unknown classes {unknown}; known: {sorted(CLASSES)}")
+    for name, value in settings.rate_limit_classes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"PALISADE_RATE_LIMIT_CLASSES[{name!r}] must be a positive integer")
+        limits[name] = value
+    return limits
+
+
+def route_class_for(method: str, template: str, openapi_extra: Mapping[str, Any] | None = None) -> str:
+    """The class of the route `METHOD template` (template with or without the API root prefix)."""
+    if openapi_extra and openapi_extra.get(ROUTE_CLASS_EXTRA):
+        name = str(openapi_extra[ROUTE_CLASS_EXTRA])
+        if name not in CLASSES:
+            raise ValueError(f"route {method} {template} names unknown rate-limit class {name!r}")
+        return name
+    if template.startswith(API_ROOT + "/"):
+        template = template[len(API_ROOT):]
+    label = f"{method.upper()} {template}"
+    exact = ROUTE_CLASSES.get(label)
+    if exact is not None:
+        return exact
+    for pattern, name in ROUTE_CLASSES.items():
+        if "*" in pattern and fnmatch.fnmatchcase(label, pattern):
+            return name
+    return "default"
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class RateLimiter:
+    """Decides, counts and remembers; `limit` (the dependency) and the middleware call it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        prune_interval: float = 60.0,
+    ) -> None:
+        if window_seconds < 1:
+            raise ValueError("window_seconds must be at least 1")
+        self.limits = resolve_limits(settings)
+        self.window = int(window_seconds)
+        self.store = store
+        self._blocked = _Blocked()
+        self._saturation = _Saturation()
+        self._prune_interval = prune_interval
+        self._prune_lock = threading.Lock()
+        self._last_prune = time.monotonic()  # the first prune waits one interval
+        # Old windows are kept long enough for any window length a replica may run with.
+        self.keep_seconds = max(2 * self.window, 600)
+
+    # -- identities and buckets --
+
+    @staticmethod
+    def identity_of(request: Request, route_class: RouteClass) -> Identity:
+        principal = getattr(request.state, "principal", None)
+        if principal is not None and route_class.key == "caller":
+            return Identity("user", f"{principal.issuer}|{principal.subject}", f"user:{principal.issuer}|{principal.subject}")
+        address = ip_key(request_meta(request).client_ip)
+        return Identity("ip", address, f"ip:{address}")
+
+    def bucket(self, route_class: str, identity: Identity) -> str:
+        return f"{route_class}/{self.window}|{identity.kind}|{_digest(identity.value)}"
+
+    # -- the two entry points --
+
+    def check(self, request: Request) -> Decision:
+        """Count this request against its class; raise `RateLimited` when it does not fit."""
+        route = request.scope.get("route")
+        name = route_class_for(request.method, getattr(route, "path", request.url.path), getattr(route, "openapi_extra", None))
+        identity = self.identity_of(request, CLASSES[name])
+        decision = self._hit(name, self.bucket(name, identity), force=False)
+        request.state.rate_limit = decision
+        if not decision.allowed:
+            scope = getattr(request.state, "authz_scope", None)
+            key = str(scope.tenant_id) if scope is not None else identity.alert_key
+            self._saturation.refused(key, {"class": name, "route": f"{request.method} {getattr(route, 'path', '')}"})
+            raise RateLimited(decision)
+        return decision
+
+    def auth_failure_blocked(self, address: str | None) -> Decision | None:
+        """The refusal for this address while it is over its failed-authentication limit (local knowledge only)."""
+        identity = Identity("ip", ip_key(address), f"ip:{ip_key(address)}")
+        bucket = self.bucket(AUTH_FAILURE, identity)
+        decision = self._cached(bucket)
+        if decision is not None:
+            self._saturation.refused(identity.alert_key, {"class": AUTH_FAILURE})
+        return decision
+
+    def count_auth_failure(self, address: str | None) -> Decision:
+        """Count one failed authentication for this address (always: it was evaluated)."""
+        identity = Identity("ip", ip_key(address), f"ip:{ip_key(address)}")
+        return self._hit(AUTH_FAILURE, self.bucket(AUTH_FAILURE, identity), force=True)
+
+    # -- internals --
+
+    def _cached(self, bucket: str) -> Decision | None:
+        now = time.monotonic()
+        entry = self._blocked.get(bucket, now)
+        if entry is None:
+            return None
+        until, template = entry
+        wait = max(1, math.ceil(until - now))
+        return Decision(route_class=template.route_class, allowed=False, limit=template.limit, remaining=0,
+                        reset=wait, retry_after=wait, window=template.window)
+
+    def _hit(self, route_class: str, bucket: str, *, force: bool) -> Decision:
+        if not force:
+            cached = self._cached(bucket)
+            if cached is not None:
+                return cached
+        if self.store is None:
+            raise RateLimiterUnavailable("no store")
+        limit = self.limits[route_class]
+        try:
+            counts = self.store.hit(bucket, limit=limit, window_seconds=self.window, force=force)
+        except SQLAlchemyError as exc:
+            log.error("rate_limit_store_error", extra={"error": type(exc).__name__})
+            raise RateLimiterUnavailable(type(exc).__name__) from None
+        decision, full_for = decide(route_class, counts, limit, self.window)
+        if full_for > 0:
+            now = time.monotonic()
+            self._blocked.put(bucket, now + full_for, decision, now)
+        self._maybe_prune()
+        return decision
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._last_prune < self._prune_interval or not self._prune_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_prune = time.monotonic()
+            if self.store is not None:
+                self.store.prune(keep_seconds=self.keep_seconds)
+        except Exception as exc:  # pruning is housekeeping: never the request's problem
+            log.warning("rate_limit_prune_failed", extra={"error": type(exc).__name__})
+        finally:
+            self._prune_lock.release()
+
+
+# ---- FastAPI wiring --------------------------------------------------------------------------
+
+
+def limiter_of(app: Any) -> RateLimiter:
+    limiter = getattr(app.state, "rate_limiter", None)
+    if limiter is None:
+        raise RuntimeError("the rate limiter is not installed: call app.edge.ratelimit.install(app, settings)")
+    return limiter
+
+
+def limit(request: Request) -> None:
+    """The API router's dependency (after `get_principal`): count the request, or refuse it with 429."""
+    limiter_of(request.app).check(request)
+
+
+def _refusal(decision: Decision) -> JSONResponse:
+    return problems.problem(429, detail=f"Too many requests; retry after {decision.retry_after} seconds.", headers=decision.headers)
+
+
+class RateLimitMiddleware:
+    """Refuses addresses over their failed-authentication limit before anything else runs, counts
+    every 401 per address, and puts the RateLimit-* headers on every limited response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith("/health/"):
+            await self.app(scope, receive, send)
+            return
+        limiter = limiter_of(scope["app"])
+        request = Request(scope)
+        address = request_meta(request).client_ip
+        blocked = limiter.auth_failure_blocked(address)
+        if blocked is not None:
+            await _refusal(blocked)(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                decision: Decision | None = state.get(_STATE_KEY)
+                if message["status"] == 401:
+                    try:
+                        decision = await run_in_threadpool(limiter.count_auth_failure, address)
+                    except Exception:
+                        log.error("rate_limit_auth_failure_uncounted")
+                if decision is not None:
+                    headers = MutableHeaders(scope=message)
+                    for name, value in decision.headers.items():
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _place_middleware(app: FastAPI) -> None:
+    """Put the middleware where the design wants it: just outside the body-size cap of
+    `app.edge.http` when that is installed (inside CORS, so a browser can read a 429), else
+    innermost. Done when the stack is built, so the order of the install() calls does not matter."""
+    entries = [m for m in app.user_middleware if m.cls is not RateLimitMiddleware]
+    index = len(entries)
+    try:
+        from app.edge.http import BodyLimitMiddleware
+    except ImportError:  # pragma: no cover - the edge middlewares are not part of this build
+        BodyLimitMiddleware = None  # noqa: N806
+    for i, entry in enumerate(entries):
+        if BodyLimitMiddleware is not None and entry.cls is BodyLimitMiddleware:
+            index = i
+            break
+    entries.insert(index, Middleware(RateLimitMiddleware))
+    app.user_middleware[:] = entries
+
+
+def install(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+) -> RateLimiter:
+    """Put the limiter on `app.state`, add the middleware and the 429/503 handlers.
+
+    Call it before the app serves; call it again to reconfigure (tests: a shorter window), the
+    middleware and handlers are added once. The default store is PostgreSQL through
+    `app.state.engine` (made in the app's lifespan). The routes get the per-caller limit from the
+    `limit` dependency on the API router.
+    """
+    if app.middleware_stack is not None:
+        raise RuntimeError("install() must run before the app serves its first request")
+    limiter = RateLimiter(settings, store=store or PostgresStore(lambda: app.state.engine), window_seconds=window_seconds)
+    app.state.rate_limiter = limiter
+    if getattr(app.state, "rate_limit_installed", False):
+        return limiter
+    app.state.rate_limit_installed = True
+
+    build_inner: Callable[[], ASGIApp] = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        _place_middleware(app)
+        return build_inner()
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
+
+    @app.exception_handler(RateLimited)
+    async def _limited(request: Request, exc: RateLimited) -> JSONResponse:
+        return _refusal(exc.decision)
+
+    @app.exception_handler(RateLimiterUnavailable)
+    async def _unavailable(request: Request, exc: RateLimiterUnavailable) -> JSONResponse:
+        return problems.problem(503, detail="The service is busy; retry shortly.", headers={"Retry-After": "1"})
+
+    return limiter

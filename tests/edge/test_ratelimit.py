@@ -1,0 +1,345 @@
+"""Rate limits: the real app on real PostgreSQL with real IdP tokens; counts shared through the database."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, pool, text
+
+from app.config import Settings
+from app.edge import ratelimit
+from app.edge.ratelimit import Counts, MemoryStore, PostgresStore, decide, next_allowed_in, route_class_for
+from app.main import create_app
+from tests.support.api import Caller, person, settings_for
+from tests.support.database import TestDatabase
+from tests.support.idp import TestIdP
+
+PROBLEM_JSON = "application/problem+json"
+_addresses = (f"198.51.100.{i}" for i in itertools.count(10))
+
+
+def build(database: TestDatabase, idp: TestIdP, *, window: int = 60, **overrides: Any) -> tuple[FastAPI, Settings]:
+    settings = settings_for(database, idp, **overrides)
+    app = create_app(settings)
+    ratelimit.install(app, settings, window_seconds=window)
+    return app, settings
+
+
+@contextmanager
+def serve(app: FastAPI, address: str | None = None) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False, client=(address or next(_addresses), 50000)) as client:
+        yield client
+
+
+def vendor(client: TestClient, idp: TestIdP) -> Caller:
+    # Vendor staff: GET /api/v1/tenants answers them 200, a cheap authenticated route.
+    return person(client, idp, roles=["internal_admin"])
+
+
+def assert_limited(response: httpx.Response, *, limit: int, window: int = 60) -> None:
+    assert response.status_code == 429, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    assert response.json()["status"] == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["RateLimit-Limit"] == str(limit)
+    assert response.headers["RateLimit-Remaining"] == "0"
+    assert int(response.headers["RateLimit-Reset"]) >= 1
+    assert response.headers["RateLimit-Policy"] == f"{limit};w={window}"
+
+
+def test_limit_is_reached_exactly_at_the_configured_count(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, rate_limit_per_minute=5)
+    with serve(app) as client:
+        caller = vendor(client, idp)
+        for expected_remaining in (4, 3, 2, 1, 0):
+            r = caller.get("/api/v1/tenants")
+            assert r.status_code == 200, r.text
+            assert r.headers["RateLimit-Limit"] == "5"
+            assert r.headers["RateLimit-Remaining"] == str(expected_remaining)
+            assert r.headers["RateLimit-Policy"] == "5;w=60"
+            # The window's end; with nothing left, when the next request fits (can be past it).
+            assert 1 <= int(r.headers["RateLimit-Reset"]) <= (60 if expected_remaining else 120)
+            assert "Retry-After" not in r.headers
+        assert_limited(caller.get("/api/v1/tenants"), limit=5)
+
+
+def test_refusal_is_answered_from_the_database_too(database: TestDatabase, idp: TestIdP) -> None:
+    # Two apps: the second has never seen this user, so its refusal comes from the shared count,
+    # not from the first app's local memory of a full bucket.
+    app1, _ = build(database, idp, rate_limit_per_minute=5)
+    app2, _ = build(database, idp, rate_limit_per_minute=5)
+    with serve(app1) as c1, serve(app2) as c2:
+        caller = vendor(c1, idp)
+        other_app = Caller(c2, caller.subject, caller.token)
+        seen = []
+        for client_caller in (caller, caller, caller, other_app, other_app):
+            r = client_caller.get("/api/v1/tenants")
+            assert r.status_code == 200, r.text
+            seen.append(int(r.headers["RateLimit-Remaining"]))
+        assert seen == [4, 3, 2, 1, 0]
+        assert_limited(caller.get("/api/v1/tenants"), limit=5)
+        assert_limited(other_app.get("/api/v1/tenants"), limit=5)
+
+
+def test_two_app_instances_share_one_count(database: TestDatabase, idp: TestIdP) -> None:
+    app1, _ = build(database, idp, rate_limit_per_minute=6)
+    app2, _ = build(database, idp, rate_limit_per_minute=6)
+    with serve(app1) as c1, serve(app2) as c2:
+        on1 = vendor(c1, idp)
+        on2 = Caller(c2, on1.subject, on1.token)
+        statuses = [(on1 if i % 2 == 0 else on2).get("/api/v1/tenants").status_code for i in range(6)]
+        assert statuses == [200] * 6
+        # Each app alone counted only three; together they used the six.
+        assert on1.get("/api/v1/tenants").status_code == 429
+        assert on2.get("/api/v1/tenants").status_code == 429
+
+
+def test_the_window_slides_and_the_limit_comes_back(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, window=2, rate_limit_per_minute=3)
+    with serve(app) as client:
+        caller = vendor(client, idp)
+        for _ in range(3):
+            assert caller.get("/api/v1/tenants").status_code == 200
+        refused = caller.get("/api/v1/tenants")
+        assert_limited(refused, limit=3, window=2)
+        deadline = time.monotonic() + 20
+        while True:
+            r = caller.get("/api/v1/tenants")
+            if r.status_code == 200:
+                break
+            assert r.status_code == 429, r.text
+            assert time.monotonic() < deadline, "the limit never came back"
+            time.sleep(0.2)
+        assert r.headers["RateLimit-Limit"] == "3"
+
+
+def test_different_users_do_not_share_buckets(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, rate_limit_per_minute=5)
+    with serve(app) as client:
+        first, second = vendor(client, idp), vendor(client, idp)
+        for _ in range(5):
+            assert first.get("/api/v1/tenants").status_code == 200
+        assert first.get("/api/v1/tenants").status_code == 429
+        r = second.get("/api/v1/tenants")
+        assert r.status_code == 200
+        assert r.headers["RateLimit-Remaining"] == "4"
+
+
+def test_failed_authentication_is_counted_per_address(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, rate_limit_per_minute=50, rate_limit_classes={"auth-failure": 3})
+    guesser_address, neighbour_address = next(_addresses), next(_addresses)
+    with serve(app, guesser_address) as guesser:
+        for expected_remaining, headers in zip((2, 1, 0), ({}, {"Authorization": "Bearer not-a-jwt"}, {}), strict=True):
+            r = guesser.get("/api/v1/tenants", headers=headers)
+            assert r.status_code == 401
+            assert r.headers["WWW-Authenticate"] == 'Bearer realm="palisade"'
+            assert r.headers["RateLimit-Limit"] == "3"
+            assert r.headers["RateLimit-Remaining"] == str(expected_remaining)
+        # Over the limit: refused before the token is looked at, whatever it is.
+        assert_limited(guesser.get("/api/v1/tenants", headers={"Authorization": "Bearer guess"}), limit=3)
+        valid = vendor(guesser, idp)
+        assert_limited(valid.get("/api/v1/tenants"), limit=3)
+        # Probes stay open.
+        assert guesser.get("/health/live").status_code == 200
+        # Another address (no lifespan of its own: the app is already running) is counted apart.
+        neighbour = TestClient(app, raise_server_exceptions=False, client=(neighbour_address, 50000))
+        r = neighbour.get("/api/v1/tenants")
+        assert r.status_code == 401
+        assert r.headers["RateLimit-Remaining"] == "2"
+        ok = Caller(neighbour, valid.subject, valid.token).get("/api/v1/tenants")
+        assert ok.status_code == 200
+        assert ok.headers["RateLimit-Limit"] == "50"  # its own class: the per-user default
+
+
+def test_route_classes_have_their_own_limits_and_keys(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, rate_limit_per_minute=5, rate_limit_classes={"export": 2, "auth-public": 2})
+    with serve(app) as client:
+        staff = vendor(client, idp)
+        for _ in range(2):
+            r = staff.get("/api/v1/audit-events/export")
+            assert r.status_code == 200, r.text
+            assert r.headers["RateLimit-Limit"] == "2"  # set on a streamed response too
+        assert_limited(staff.get("/api/v1/audit-events/export"), limit=2)
+        # The export class is its own bucket: the default class is untouched.
+        r = staff.get("/api/v1/tenants")
+        assert r.status_code == 200
+        assert (r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"]) == ("5", "4")
+        # auth-public is per address: different people from one address share it.
+        for _ in range(2):
+            r = vendor(client, idp).post("/api/v1/invitations/accept", json={"token": secrets.token_urlsafe(32)})
+            assert r.status_code != 429, r.text
+            assert r.headers["RateLimit-Limit"] == "2"
+        assert_limited(vendor(client, idp).post("/api/v1/invitations/accept", json={"token": "x" * 43}), limit=2)
+
+
+def test_refusals_feed_the_saturation_alert(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, rate_limit_per_minute=1)
+    with serve(app) as client:
+        caller = vendor(client, idp)
+        assert caller.get("/api/v1/tenants").status_code == 200
+        assert caller.get("/api/v1/tenants").status_code == 429
+        issuer = idp.issuer
+    engine = create_engine(database.superuser_db_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:  # the app's shutdown drained the alert queue
+            count = conn.execute(
+                text("select sum(count) from alert_counters where rule = 'rate_limit_saturation' and key = :key"),
+                {"key": f"user:{issuer}|{caller.subject}"},
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert count == 1
+
+
+def test_settings_naming_an_unknown_class_are_refused(database: TestDatabase, idp: TestIdP) -> None:
+    settings = settings_for(database, idp, rate_limit_classes={"exports": 5})
+    with pytest.raises(ValueError, match="unknown classes"):
+        ratelimit.install(create_app(settings), settings)
+
+
+def test_the_route_class_table_names_real_routes(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp)
+    paths = app.openapi()["paths"]
+    for label, name in ratelimit.ROUTE_CLASSES.items():
+        assert name in ratelimit.CLASSES
+        if "*" not in label:
+            method, template = label.split(" ", 1)
+            assert method.lower() in paths.get("/api/v1" + template, {}), label
+    assert route_class_for("GET", "/api/v1/tenants/{tenant_id}/audit-events/export") == "export"
+    assert route_class_for("GET", "/tenants/{tenant_id}") == "default"
+    assert route_class_for("POST", "/api/v1/tenants/{tenant_id}/workspaces/{workspace_id}/files") == "upload"
+    assert route_class_for("GET", "/tenants/{tenant_id}/workspaces/{workspace_id}/files/{file_id}/content") == "default"
+    assert route_class_for("POST", "/tenants/{tenant_id}/privacy/exports") == "export"
+    assert route_class_for("POST", "/anything", {"x-rate-limit-class": "upload"}) == "upload"
+    with pytest.raises(ValueError):
+        route_class_for("POST", "/anything", {"x-rate-limit-class": "uploads"})
+
+
+# ---- the store and the algorithm, without the app ----------------------------------------------
+
+
+def test_the_store_admits_exactly_the_limit_under_concurrency(database: TestDatabase) -> None:
+    engine = create_engine(database.app_url.replace("postgresql://", "postgresql+psycopg://", 1), pool_size=16)
+    store = PostgresStore(engine)
+    bucket = f"test/60|ip|{secrets.token_hex(16)}"
+    results: list[Counts] = []
+    lock = threading.Lock()
+    start = threading.Barrier(16)
+
+    def hammer() -> None:
+        start.wait()
+        for _ in range(5):
+            counts = store.hit(bucket, limit=25, window_seconds=60)
+            with lock:
+                results.append(counts)
+
+    threads = [threading.Thread(target=hammer) for _ in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        engine.dispose()
+    admitted = [c for c in results if c.counted]
+    # A window boundary may pass meanwhile (the previous window then weighs in): never more than 25.
+    assert 1 <= len(admitted) <= 25
+    assert len(results) == 80
+    if all(c.previous == 0 for c in results):
+        assert len(admitted) == 25
+        assert sorted(c.current for c in admitted) == list(range(1, 26))
+
+
+def test_old_windows_are_pruned(database: TestDatabase) -> None:
+    engine = create_engine(database.app_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    store = PostgresStore(engine)
+    old, fresh = f"test/60|ip|{secrets.token_hex(16)}", f"test/60|ip|{secrets.token_hex(16)}"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("insert into rate_limit_windows values (:b, now() - interval '2 hours', 3)"), {"b": old})
+        store.hit(fresh, limit=5, window_seconds=60)
+        assert store.prune(keep_seconds=600) >= 1
+        with engine.connect() as conn:
+            left = set(conn.execute(text("select bucket from rate_limit_windows where bucket in (:a, :b)"), {"a": old, "b": fresh}).scalars())
+    finally:
+        engine.dispose()
+    assert left == {fresh}
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sliding_window_never_admits_twice_the_limit_around_a_boundary() -> None:
+    clock = FakeClock(6000.0 + 59.0)  # one second before a window boundary
+    store = MemoryStore(clock)
+    admitted = sum(store.hit("b/60|ip|x", limit=10, window_seconds=60).counted for _ in range(10))
+    clock.now += 2  # just past the boundary: a fixed window would admit ten more
+    admitted_after = sum(store.hit("b/60|ip|x", limit=10, window_seconds=60).counted for _ in range(10))
+    assert (admitted, admitted_after) == (10, 0)
+    clock.now += 30  # halfway through: the previous window weighs 10 * (1 - 31/60) ≈ 4.8
+    assert sum(store.hit("b/60|ip|x", limit=10, window_seconds=60).counted for _ in range(10)) == 5
+
+
+def test_retry_after_is_when_the_next_hit_fits() -> None:
+    window, limit = 60, 10
+    for current, previous, elapsed in [(10, 0, 5.0), (4, 10, 12.0), (10, 10, 59.0), (3, 9, 0.0), (1, 1, 0.0)]:
+        wait = next_allowed_in(current, previous, elapsed, limit, window)
+        clock = FakeClock(6000.0 + elapsed)
+        store = MemoryStore(clock)
+        store._windows[("b", window, 99)] = previous  # the window before the one starting at 100 * 60
+        store._windows[("b", window, 100)] = current
+        if wait > 0:
+            clock.now = 6000.0 + elapsed + wait - 0.01
+            assert not store.hit("b", limit=limit, window_seconds=window).counted, (current, previous, elapsed)
+        clock.now = 6000.0 + elapsed + wait + 0.01
+        assert store.hit("b", limit=limit, window_seconds=window).counted, (current, previous, elapsed)
+
+
+def test_decisions_count_down_and_refuse_with_retry_after() -> None:
+    allowed, full_for = decide("default", Counts(current=3, previous=0, elapsed=10.0, counted=True), 5, 60)
+    assert (allowed.allowed, allowed.remaining, allowed.reset, full_for) == (True, 2, 50, 0.0)
+    last, full_for = decide("default", Counts(current=5, previous=0, elapsed=10.0, counted=True), 5, 60)
+    assert (last.allowed, last.remaining, last.retry_after) == (True, 0, 0)
+    assert full_for == pytest.approx(50 + 60 * (1 - 4 / 5))
+    refused, _ = decide("default", Counts(current=5, previous=0, elapsed=10.0, counted=False), 5, 60)
+    assert (refused.allowed, refused.remaining, refused.retry_after) == (False, 0, 62)
+    assert refused.headers["Retry-After"] == "62"
+    assert "Retry-After" not in last.headers
+
+
+def test_refusals_sit_inside_the_edge_middlewares(database: TestDatabase, idp: TestIdP) -> None:
+    # Whatever order the installs ran in, the limiter sits inside CORS and the security headers,
+    # so a browser can read the 429 (and its Retry-After) and the refusal is hardened like any answer.
+    from app.edge import http as edge
+
+    origin = "https://app.example.test"
+    app, settings = build(database, idp, rate_limit_per_minute=1, cors_allow_origins=[origin])
+    if not getattr(app.state, "edge_http_installed", False):
+        edge.install(app, settings)
+    ratelimit.install(app, settings)  # again, after the edge: still placed once, inside CORS
+    with serve(app) as client:
+        caller = vendor(client, idp)
+        assert caller.get("/api/v1/tenants", headers={"Origin": origin}).status_code == 200
+        refused = caller.get("/api/v1/tenants", headers={"Origin": origin})
+        assert_limited(refused, limit=1)
+        assert refused.headers["Access-Control-Allow-Origin"] == origin
+        assert refused.headers["X-Content-Type-Options"] == "nosniff"
+        assert "X-Correlation-ID" in refused.headers
+    names = [m.cls.__name__ for m in app.user_middleware]
+    assert names.count("RateLimitMiddleware") == 1
+    assert names.index("CorsMiddleware") < names.index("RateLimitMiddleware") < names.index("BodyLimitMiddleware")
