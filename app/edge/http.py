@@ -76,7 +76,9 @@ __all__ = [
 
 # --- security headers --------------------------------------------------------------------------
 
-API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# `sandbox` too: whatever a browser is made to render from us (a downloaded file, an error page)
+# runs in an opaque origin with no scripts, forms or plugins. Harmless on JSON.
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
 
 # Exactly what FastAPI's `get_swagger_ui_html()` loads by default (fastapi/openapi/docs.py).
 DOCS_SCRIPT_FILES = ("https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js",)
