@@ -338,3 +338,15 @@ class LocalKeyWrapper:
 
     def __repr__(self) -> str:
         return f"LocalKeyWrapper({str(self._shown)!r})"
+
+
+def key_wrapper_from_settings(settings: Any) -> KeyWrapper | None:
+    """The configured key-encryption key, or None when none is configured (credentials then 503)."""
+    if settings.kek_provider == "keyvault":
+        if not settings.kek_key_url:
+            return None
+        from app.crypto.secrets import azure_credential
+
+        return KeyVaultKeyWrapper(settings.kek_key_url, azure_credential(
+            "default", mode=settings.mode, managed_identity_client_id=settings.azure_managed_identity_client_id))
+    return LocalKeyWrapper(settings.kek_dir) if settings.kek_dir else None
