@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -128,7 +129,6 @@ def audit_verify(
     tenant: Annotated[list[str], typer.Option(help="Only this tenant's chain (repeatable); default: every chain.")] = [],  # noqa: B006
 ) -> None:
     """Recompute the hash chains; name the first altered, missing or reordered event; exit 1 on any break."""
-    import uuid
 
     from app.audit.verify import verify
     from app.db.session import make_engine, make_session_factory
@@ -170,6 +170,97 @@ def _alert_chain_broken(settings: Settings, broken) -> None:
     finally:
         engine.stop(timeout=30)
         db.dispose()
+
+
+keys_cli = typer.Typer(no_args_is_help=True, help="Data keys: re-wrapping, re-encryption, crypto-shredding.")
+cli.add_typer(keys_cli, name="keys")
+
+
+def _tenant_ids(values: list[str]) -> list[uuid.UUID] | None:
+    try:
+        return [uuid.UUID(v) for v in values] or None
+    except ValueError:
+        raise _fail("--tenant takes a tenant id (UUID)") from None
+
+
+def _key_wrapper(settings):
+    """The configured key-encryption key; exit 1 when none is configured."""
+    from app.crypto.kek import key_wrapper_from_settings
+
+    wrapper = key_wrapper_from_settings(settings)
+    if wrapper is None:
+        raise _fail("no key-encryption key configured (PALISADE_KEK_DIR or PALISADE_KEK_KEY_URL)")
+    return wrapper
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    tenant: Annotated[list[str], typer.Option(help="Only this tenant (repeatable); default: every tenant.")] = [],  # noqa: B006
+    new_version: Annotated[bool, typer.Option(help="Local key files: first add a new KEK version.")] = True,
+) -> None:
+    """Re-wrap every tenant data key under the KEK's newest version; no downtime, old versions keep working.
+
+    With local key files this first adds a new KEK version; with Key Vault, rotate the key in the
+    vault (or let its rotation policy do it), then run this.
+    """
+    from app.crypto.datakeys import rewrap_all
+    from app.crypto.kek import LocalKeyWrapper
+    from app.db.session import make_engine, make_session_factory
+
+    settings = _settings()
+    if new_version and settings.kek_provider == "local" and settings.kek_dir:
+        typer.echo(f"new local KEK version {LocalKeyWrapper.create_version(settings.kek_dir)}")
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        done = rewrap_all(make_session_factory(engine), _key_wrapper(settings), tenant_ids=_tenant_ids(tenant))
+    finally:
+        engine.dispose()
+    for result in done:
+        typer.echo(f"rewrapped {result.tenant_id}: data key versions {result.dek_versions} -> KEK {result.kek_version}")
+    typer.echo(f"{len(done)} tenant(s) re-wrapped; older KEK versions may be retired once every host has run this")
+
+
+@keys_cli.command("reencrypt")
+def keys_reencrypt(
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction.")] = 100,
+    tenant: Annotated[list[str], typer.Option(help="Only this tenant (repeatable); default: every tenant.")] = [],  # noqa: B006
+) -> None:
+    """New data key version per tenant, rows re-encrypted in batches; rerun continues an interrupted run."""
+    from app.crypto.datakeys import reencrypt
+    from app.db.session import make_engine, make_session_factory
+
+    settings = _settings()
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        rotations = reencrypt(make_session_factory(engine), _key_wrapper(settings), batch_size=batch_size,
+                              tenant_ids=_tenant_ids(tenant),
+                              on_batch=lambda b: typer.echo(f"  {b.tenant_id} {b.table}: {b.rows} row(s) -> v{b.dek_version}"))
+    finally:
+        engine.dispose()
+    for r in rotations:
+        typer.echo(f"reencrypted {r.tenant_id}: {r.reencrypted} row(s) on data key v{r.dek_version}; retired {r.retired}")
+
+
+@keys_cli.command("destroy")
+def keys_destroy(
+    tenant: Annotated[str, typer.Option(help="The tenant whose data keys are destroyed.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: every ciphertext of the tenant becomes unrecoverable.")] = False,
+) -> None:
+    """Crypto-shred a tenant: destroy its data keys, making all its encrypted values unrecoverable."""
+    from app.crypto.datakeys import destroy_tenant_keys
+    from app.db.session import make_engine, make_session_factory
+
+    (tenant_id,) = _tenant_ids([tenant]) or [None]
+    if not yes:
+        raise _fail("refusing without --yes: this cannot be undone")
+    settings = _settings()
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            versions = destroy_tenant_keys(session, tenant_id)
+    finally:
+        engine.dispose()
+    typer.echo(f"destroyed {tenant_id}: data key versions {versions}")
 
 
 # --- development quick start ---------------------------------------------------------------------

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     kek_provider: Literal["local", "keyvault"] = "local"
     kek_key_url: str | None = None
     kek_dir: Path | None = None
+    # Unwrapped data keys stay in memory at most this long, and at most this many.
+    data_key_cache_seconds: float = Field(default=300.0, ge=0.0, le=3600.0)
+    data_key_cache_size: int = Field(default=1024, ge=0, le=100_000)
 
     # Alerts: rule notifications are POSTed here, signed with HMAC-SHA256 over the body.
     alert_webhook_url: str | None = None

@@ -19,8 +19,12 @@ from app.auth.oidc import TokenVerifier
 from app.authz import denials
 from app.authz.denials import route_label
 from app.config import Mode, Settings, get_settings
+from app.credentials.router import router as credentials_router
+from app.crypto import datakeys
+from app.crypto.kek import key_wrapper_from_settings
 from app.db.session import make_engine, make_session_factory
 from app.edge import http as edge_http
+from app.edge import ratelimit
 from app.edge.turnstile import TurnstileVerifier
 from app.knowledge.router import router as knowledge_router
 from app.observability.logging import bind_request_context, clear_request_context, configure_logging
@@ -36,6 +40,7 @@ from app.observability.tracing import (
     untraced,
 )
 from app.tenancy.router import router as tenancy_router
+from app.uploads.router import router as uploads_router
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         audit.install_log_hooks(app.state.sessions)
+        wrapper = key_wrapper_from_settings(settings)
+        data_keys = datakeys.DataKeys(wrapper, ttl_seconds=settings.data_key_cache_seconds,
+                                      max_entries=settings.data_key_cache_size) if wrapper else None
+        if data_keys is not None:
+            datakeys.install(data_keys)
         app.state.verifier = _verifier(settings)
         instrument_httpx_client(app.state.verifier.http)
         app.state.turnstile = TurnstileVerifier(settings)
@@ -90,7 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            alerts.install(None)
+            # Process-wide hooks: uninstall only what this app installed.
+            if alerts.current() is alert_engine:
+                alerts.install(None)
+            if data_keys is not None and datakeys.current() is data_keys:
+                datakeys.install(None)
             alert_engine.stop(timeout=5)
             app.state.turnstile.close()
             app.state.verifier.close()
@@ -152,10 +166,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(content='{"status":"ok"}', media_type="application/json")
 
     # Authenticated by default: every API route carries the bearer-token dependency.
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
+    # The rate limit runs after authentication has named the caller (it keys by user, else by address).
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal), Depends(ratelimit.limit)])
     api.include_router(tenancy_router)
     api.include_router(audit_router)
+    api.include_router(credentials_router)
     api.include_router(knowledge_router)
+    api.include_router(uploads_router)
     app.include_router(api)
     edge_http.install(app, settings)
+    ratelimit.install(app, settings)
     return app

@@ -8,8 +8,11 @@ from sqlalchemy import create_engine, pool, text
 # Import every model module so the metadata is complete (used for comparisons, never create_all).
 import app.alerts.models  # noqa: F401,E402
 import app.audit.models  # noqa: F401,E402
+import app.credentials.models  # noqa: F401,E402
+import app.crypto.models  # noqa: F401,E402
 import app.knowledge.models  # noqa: F401,E402
 import app.tenancy.models  # noqa: F401,E402
+import app.uploads.models  # noqa: F401,E402
 from app.db.base import Base
 
 config = context.config

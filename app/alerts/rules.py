@@ -125,7 +125,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="data_deletion_requested",
         description="A data deletion was requested: a workspace, a user's data, a tenant, a privacy erasure "
-        "(single documents deleted through the content API are ordinary edits and are not counted).",
+        "(single documents and files deleted through the content API are ordinary edits and are not counted).",
         signal=DATA_DELETION, threshold=1, window_seconds=3600, cooldown_seconds=3600, severity="critical",
         key="`<tenant_id>|<target type>:<target id>`",
     ),
@@ -300,7 +300,7 @@ def observations_for_audit_event(event: Mapping[str, Any]) -> list[Observation]:
             out.append(Observation(ROLE_ESCALATION, f"{tenant}|{user}|{role}", details={**ids, "role": role}))
     elif category == "data_export" and outcome not in _FAILED:
         out.append(Observation(DATA_EXPORT, tenant, details=ids))
-    elif category == "data_deletion" and outcome not in _FAILED and event.get("target_type") != "document":
+    elif category == "data_deletion" and outcome not in _FAILED and event.get("target_type") not in ("document", "file"):
         target = f"{event.get('target_type') or '-'}:{event.get('target_id') or '-'}"
         out.append(Observation(DATA_DELETION, f"{tenant}|{target}", details=ids))
     return out
