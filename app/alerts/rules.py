@@ -154,7 +154,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         description="One tenant keeps hitting its rate limit or fair-share ceiling: abuse, a runaway client, or a "
         "plan that is too small.",
         signal=RATE_LIMIT_SATURATED, threshold=100, window_seconds=300, cooldown_seconds=1800,
-        key="`<tenant_id>`",
+        key="`<tenant_id>` (fair-share refusals) or the rate-limit bucket: `user:<issuer>|<subject>`, `ip:<address>`",
     ),
     Rule(
         name="circuit_breaker_open",
