@@ -1,17 +1,23 @@
 """A planted credential travels every path (add, list, read, refused inputs, replace, use, rotation,
 re-wrapping, a tampered row, deletion, shredding) with every logger at DEBUG, SQL statements and
-their parameters included: its value shows up in no log line, response, audit row or table."""
+their parameters included, Sentry sending to a local ingest and every span captured: its value
+shows up in no log line, Sentry envelope, span, response, audit row or table."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
+import sentry_sdk
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.crypto.datakeys import destroy_tenant_keys, reencrypt, rewrap_all
 from app.crypto.envelope import EnvelopeError
 from app.crypto.kek import LocalKeyWrapper
+from app.observability.tracing import configure_tracing
 from tests.credentials.helpers import Api, new_secret, reveal, rows, superuser_exec
+from tests.support.sentry_ingest import Ingest
 
 LOGGERS = ("", "sqlalchemy.engine", "sqlalchemy.pool", "palisade", "app", "httpx", "fastapi", "uvicorn", "alembic")
 
@@ -26,8 +32,22 @@ def database_text(superuser) -> str:
     return "\n".join(parts)
 
 
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    configure_tracing(exporter=exporter)
+    yield exporter
+    exporter.shutdown()
+
+
+def span_text(exporter: InMemorySpanExporter) -> str:
+    return "\n".join(f"{s.name} {dict(s.attributes or {})} {[dict(e.attributes or {}) for e in s.events]}"
+                     for s in exporter.get_finished_spans())
+
+
 def test_the_value_appears_nowhere(api: Api, other_api: Api, sessions, superuser, wrapper, kek_dir, data_keys,
-                                   caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+                                   caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+                                   ingest: Ingest, spans: InMemorySpanExporter) -> None:
     for name in LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
     secret, replacement = new_secret(), new_secret()
@@ -78,8 +98,11 @@ def test_the_value_appears_nowhere(api: Api, other_api: Api, sessions, superuser
     logging.getLogger("palisade.test").exception("credential use failed", exc_info=shredded.value)
     call("DELETE", api.url(0, created["id"]), 204)
 
+    sentry_sdk.flush(timeout=10)
     captured = capfd.readouterr()
     records = caplog.records
+    # Sentry and tracing saw the run: the logged failures became events, the requests spans.
+    assert ingest.items("event") and any("provider_credentials" in str(s.attributes) for s in spans.get_finished_spans())
     # The capture did see the traffic it is meant to vouch for, SQL parameters included.
     assert any(r.name.startswith("sqlalchemy.engine") and "provider_credentials" in r.getMessage() for r in records)
     assert any(r.name == "palisade.credentials" for r in records)
@@ -93,6 +116,8 @@ def test_the_value_appears_nowhere(api: Api, other_api: Api, sessions, superuser
         "errors": f"{tampered.value!r} {shredded.value!r}",
         "audit rows": repr(rows(superuser, "select * from audit_events where tenant_id = :t", t=tenant)),
         "database": stored + "\n" + database_text(superuser),
+        "sentry envelopes": b"\n".join(ingest.envelopes).decode("utf-8", "replace"),
+        "spans": span_text(spans),
     }
     for where, text in everything.items():
         for value in (secret, replacement):
