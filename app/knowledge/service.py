@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 from app.audit.service import Category
 from app.authz.roles import WorkspaceRole
 from app.authz.scope import WorkspaceScope
+from app.db.pagination import decode_cursor, encode_cursor
 from app.db.session import DbContext, apply_context
-from app.errors import DomainError, Forbidden, NotFound
+from app.errors import Forbidden, NotFound
 from app.knowledge import repository as repo
 from app.knowledge.models import Document
 from app.tenancy import repository as tenancy_repo
-
-
-def encode_cursor(doc: Document) -> str:
-    raw = json.dumps([doc.created_at.isoformat(), str(doc.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, ident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not (isinstance(created, str) and isinstance(ident, str)):
-            raise TypeError("cursor parts must be strings")
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (ValueError, TypeError, binascii.Error):
-        raise DomainError("The cursor is not valid.") from None
 
 
 def list_documents(scope: WorkspaceScope, *, limit: int, cursor: str | None) -> tuple[Sequence[Document], str | None]:

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 from app.audit.service import Category
 from app.authz.roles import WorkspaceRole
 from app.authz.scope import WorkspaceScope
-from app.errors import DomainError, Forbidden, NotFound
+from app.db.pagination import decode_cursor, encode_cursor
+from app.errors import Forbidden, NotFound
 from app.uploads import repository as repo
 from app.uploads.inspect import Inspected, Purpose, RawUpload, inspect_upload
 from app.uploads.models import StoredFile
 
 # Brand assets are the workspace's face to its clients: admins and owners manage them.
 _UPLOAD_ROLE = {Purpose.brand_asset: WorkspaceRole.admin, Purpose.knowledge: WorkspaceRole.member}
-
-
-def encode_cursor(stored: StoredFile) -> str:
-    raw = json.dumps([stored.created_at.isoformat(), str(stored.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, ident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not (isinstance(created, str) and isinstance(ident, str)):
-            raise TypeError("cursor parts must be strings")
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (ValueError, TypeError, binascii.Error):
-        raise DomainError("The cursor is not valid.") from None
 
 
 def list_files(
