@@ -1,0 +1,129 @@
+"""Palisade: the stack, composed from component resources (one module each in palisade_infra/).
+
+Order follows the trust chain: network and logs, then the vault, then what stores secrets in it
+(database, edge), then the identities allowed to read them, then what runs as those identities.
+"""
+
+import re
+
+import pulumi
+import pulumi.runtime.config as runtime_config
+from palisade_infra import config as stack_config
+from palisade_infra import defaults
+from palisade_infra.database import Database, DatabaseArgs
+from palisade_infra.edge import Edge, EdgeArgs, EdgeDns, EdgeDnsArgs
+from palisade_infra.hosting import AppEnvironment, AppEnvironmentArgs, AppHosting, AppHostingArgs, KeyVaultSecretRef, app_name
+from palisade_infra.identity import Identity, IdentityArgs
+from palisade_infra.monitoring import Monitoring, MonitoringArgs
+from palisade_infra.network import Network, NetworkArgs
+from palisade_infra.vault import Secrets, SecretsArgs
+
+# Validated before anything is declared: a bad stack fails `pulumi preview` listing every problem.
+# The whole config map (the SDK exposes no public listing) serves only to catch misspelt keys.
+palisade_config = pulumi.Config(stack_config.NAMESPACE)
+cfg = stack_config.load(palisade_config, all_keys=runtime_config.CONFIG.get())
+config_secrets = {defaults.SECRET_CONFIG_KEYS[k]: v for k, v in stack_config.load_secrets(palisade_config).items()}
+use_collector = cfg.otlp_endpoint is None
+
+stack = re.sub(r"[^a-z0-9-]", "-", pulumi.get_stack().lower())[:20]
+tags = {"app": "palisade", "stack": stack, **cfg.tags}
+
+network = Network("network", NetworkArgs(
+    prefix=cfg.prefix, location=cfg.location, address_space=cfg.address_space, apps_subnet=cfg.apps_subnet,
+    database_subnet=cfg.database_subnet, endpoints_subnet=cfg.endpoints_subnet,
+    resource_group_name=f"rg-{cfg.prefix}-{stack}", tags=tags,
+))
+
+monitoring = Monitoring("monitoring", MonitoringArgs(
+    prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
+    retention_days=cfg.log_retention_days, tags=tags,
+))
+
+secrets = Secrets("secrets", SecretsArgs(
+    prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
+    endpoints_subnet_id=network.endpoints_subnet_id, key_vault_dns_zone_id=network.key_vault_dns_zone_id,
+    log_workspace_id=monitoring.workspace_id, kek_key_type=cfg.kek_key_type, kek_key_size=cfg.kek_key_size,
+    kek_rotation_days=cfg.kek_rotation_days, soft_delete_retention_days=cfg.soft_delete_retention_days,
+    stored_secrets={
+        **config_secrets,
+        **({defaults.APPINSIGHTS_CONNECTION_STRING: monitoring.app_insights_connection_string} if use_collector else {}),
+    },
+    tags=tags,
+), opts=pulumi.ResourceOptions(depends_on=[network]))
+
+database = Database("database", DatabaseArgs(
+    prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
+    delegated_subnet_id=network.database_subnet_id, private_dns_zone_id=network.postgres_dns_zone_id,
+    vault=secrets.vault, version=cfg.postgres_version, sku=cfg.postgres_sku, tier=cfg.postgres_tier,
+    storage_gb=cfg.postgres_storage_gb, high_availability=cfg.postgres_high_availability,
+    geo_redundant_backup=cfg.postgres_geo_redundant_backup, backup_retention_days=cfg.postgres_backup_retention_days,
+    min_tls=cfg.postgres_min_tls, entra_admin=cfg.postgres_entra_admin, database_name=cfg.database_name,
+    admin_role=cfg.admin_role, app_role=cfg.app_role, tags=tags,
+), opts=pulumi.ResourceOptions(depends_on=[network]))
+
+edge = Edge("edge", EdgeArgs(
+    prefix=cfg.prefix, domain=cfg.domain, zone_id=cfg.cloudflare_zone_id, account_id=cfg.cloudflare_account_id,
+    vault=secrets.vault, blocked_countries=cfg.blocked_countries, blocked_asns=cfg.blocked_asns,
+    challenge_paths=cfg.challenge_paths, api_path_prefix=cfg.api_path_prefix,
+    rate_limit_per_minute=cfg.edge_rate_limit_per_minute, hsts_max_age_seconds=cfg.hsts_max_age_seconds,
+    hsts_include_subdomains=cfg.hsts_include_subdomains, hsts_preload=cfg.hsts_preload,
+    origin_cert_validity_days=cfg.origin_cert_validity_days,
+))
+
+app_secret_env = {
+    name: env for name, env in defaults.APP_SECRET_ENV.items()
+    if name in (defaults.DATABASE_URL, defaults.TURNSTILE_SECRET) or name in config_secrets
+}
+collector_secret = KeyVaultSecretRef(
+    name=defaults.APPINSIGHTS_CONNECTION_STRING, env="APPLICATIONINSIGHTS_CONNECTION_STRING",
+    url=secrets.vault.secret_url(defaults.APPINSIGHTS_CONNECTION_STRING),
+) if use_collector else None
+
+identity = Identity("identity", IdentityArgs(
+    prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
+    vault_id=secrets.vault.id, kek_id=secrets.kek_id,
+    app_secrets=[*app_secret_env, *([collector_secret.name] if collector_secret else [])],
+    migrator_secrets=list(defaults.MIGRATION_SECRET_ENV), ingress_secrets=[defaults.ORIGIN_TLS],
+    federated_credentials=cfg.federated_credentials, tags=tags,
+), opts=pulumi.ResourceOptions(depends_on=[secrets, database, edge]))
+
+environment = AppEnvironment("environment", AppEnvironmentArgs(
+    prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
+    infrastructure_subnet_id=network.apps_subnet_id, log_workspace_id=monitoring.workspace_id,
+    ingress_identity_id=identity.ingress.id, origin_certificate_url=secrets.vault.secret_url(defaults.ORIGIN_TLS),
+    tags=tags,
+), opts=pulumi.ResourceOptions(depends_on=[identity]))
+
+# The records exist before the app binds the custom domain (Azure checks them at binding time).
+edge_dns = EdgeDns("edge-dns", EdgeDnsArgs(
+    zone_id=cfg.cloudflare_zone_id, domain=cfg.domain,
+    origin_fqdn=environment.default_domain.apply(lambda domain: f"{app_name(cfg.prefix)}.{domain}"),
+    verification_id=environment.verification_id,
+))
+
+
+def secret_refs(env_by_secret: dict[str, str]) -> list[KeyVaultSecretRef]:
+    return [KeyVaultSecretRef(name=n, url=secrets.vault.secret_url(n), env=e) for n, e in env_by_secret.items()]
+
+
+hosting = AppHosting("app", AppHostingArgs(
+    prefix=cfg.prefix, stack=stack, location=cfg.location, resource_group_name=network.resource_group_name,
+    environment_id=environment.environment_id, certificate_id=environment.certificate_id, domain=cfg.domain,
+    image=cfg.image, port=cfg.port, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, cpu=cfg.cpu,
+    memory=cfg.memory, app_identity_id=identity.app.id, app_identity_client_id=identity.app.client_id,
+    migrator_identity_id=identity.migrator.id, vault_uri=secrets.vault_uri, kek_uri=secrets.kek_uri,
+    issuers=cfg.issuers, trusted_proxies=[cfg.apps_subnet], cloudflare_ranges=cfg.cloudflare_ranges,
+    ingress_allowed_ranges=cfg.cloudflare_ipv4_ranges, app_secrets=secret_refs(app_secret_env),
+    migration_secrets=secret_refs(defaults.MIGRATION_SECRET_ENV), cors_allow_origins=cfg.cors_allow_origins,
+    alert_webhook_url=cfg.alert_webhook_url, otlp_endpoint=cfg.otlp_endpoint, collector_image=cfg.collector_image,
+    collector_secret=collector_secret, registry_server=cfg.registry_server, tags=tags,
+), opts=pulumi.ResourceOptions(depends_on=[identity, edge_dns]))
+
+# Plain outputs only: nothing here is a secret (the vault holds those).
+pulumi.export("appUrl", cfg.app_url)
+pulumi.export("keyVaultUri", secrets.vault_uri)
+pulumi.export("databaseHost", database.host)
+pulumi.export("appIdentityClientId", identity.app.client_id)
+pulumi.export("turnstileSiteKey", edge.turnstile_site_key)
+pulumi.export("migrationJobName", hosting.migration_job_name)
+pulumi.export("resourceGroupName", network.resource_group_name)

@@ -1,0 +1,118 @@
+"""Identity: user-assigned managed identities and the only role assignments this program makes.
+
+Three identities, three trust scopes:
+
+| identity   | used by                              | may read                                      |
+| ---------- | ------------------------------------ | --------------------------------------------- |
+| `app`      | the API replicas                     | its own secrets; wrap/unwrap with the KEK     |
+| `migrator` | the migration job                    | the admin (schema owner) URL, the app URL     |
+| `ingress`  | the Container Apps environment       | the origin certificate                        |
+
+Every assignment is scoped to one secret or one key inside the vault, narrower than the vault
+itself; nothing is granted at resource-group, subscription or management-group scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_azure_native.authorization as authorization
+import pulumi_azure_native.managedidentity as managedidentity
+
+from .config import FederatedCredential
+
+# Built-in role definitions (ids are the same in every tenant).
+KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"  # secrets/getSecret/action, secrets/readMetadata
+# keys/read + keys/wrapKey/action + keys/unwrapKey/action: exactly what app.crypto.kek needs.
+KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
+
+
+@dataclass
+class IdentityArgs:
+    prefix: str
+    location: str
+    resource_group_name: pulumi.Input[str]
+    vault_id: pulumi.Input[str]
+    kek_id: pulumi.Input[str]
+    app_secrets: Sequence[str]
+    migrator_secrets: Sequence[str]
+    ingress_secrets: Sequence[str]
+    federated_credentials: Sequence[FederatedCredential] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ManagedIdentity:
+    id: pulumi.Output[str]
+    client_id: pulumi.Output[str]
+    principal_id: pulumi.Output[str]
+
+
+class Identity(pulumi.ComponentResource):
+    app: ManagedIdentity
+    migrator: ManagedIdentity
+    ingress: ManagedIdentity
+
+    def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("palisade:infra:Identity", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+
+        def role(guid: str) -> pulumi.Output[str]:
+            return client.subscription_id.apply(
+                lambda sub: f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
+            )
+
+        def grant(label: str, who: managedidentity.UserAssignedIdentity, role_guid: str, scope: pulumi.Input[str]) -> None:
+            authorization.RoleAssignment(
+                f"{name}-{label}",
+                principal_id=who.principal_id,
+                # Skips the directory lookup that fails while a new identity replicates.
+                principal_type="ServicePrincipal",
+                role_definition_id=role(role_guid),
+                scope=scope,
+                description=f"palisade: {label}",
+                opts=child,
+            )
+
+        def secret_scope(secret_name: str) -> pulumi.Output[str]:
+            return pulumi.Output.from_input(args.vault_id).apply(lambda vault_id: f"{vault_id}/secrets/{secret_name}")
+
+        identities = {}
+        for who in ("app", "migrator", "ingress"):
+            identities[who] = managedidentity.UserAssignedIdentity(
+                f"{name}-{who}",
+                resource_group_name=args.resource_group_name,
+                location=args.location,
+                resource_name_=f"id-{args.prefix}-{who}",
+                tags=dict(args.tags),
+                opts=child,
+            )
+
+        for who, secret_names in (("app", args.app_secrets), ("migrator", args.migrator_secrets),
+                                  ("ingress", args.ingress_secrets)):
+            for secret_name in secret_names:
+                grant(f"{who}-reads-{secret_name}", identities[who], KEY_VAULT_SECRETS_USER, secret_scope(secret_name))
+        grant("app-wraps-with-kek", identities["app"], KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, args.kek_id)
+
+        # Workload identity federation for runtimes outside Container Apps (AKS, an external
+        # issuer): their tokens for the configured subject become the app identity, nothing more.
+        for credential in args.federated_credentials:
+            managedidentity.FederatedIdentityCredential(
+                f"{name}-federation-{credential.name}",
+                resource_group_name=args.resource_group_name,
+                resource_name_=identities["app"].name,
+                federated_identity_credential_resource_name=credential.name,
+                issuer=credential.issuer,
+                subject=credential.subject,
+                audiences=list(credential.audiences),
+                opts=child,
+            )
+
+        self.app, self.migrator, self.ingress = (
+            ManagedIdentity(i.id, i.client_id, i.principal_id)
+            for i in (identities["app"], identities["migrator"], identities["ingress"])
+        )
+        self.register_outputs({"app_client_id": self.app.client_id, "app_identity_id": self.app.id})
