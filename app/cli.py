@@ -40,8 +40,10 @@ def _settings() -> Settings:
 
 @cli.command()
 def migrate() -> None:
-    """Apply database migrations with the admin URL (creates the app role if missing)."""
-    from app.db.migrate import upgrade
+    """Apply database migrations with the admin URL (creates the app role if missing, sets its password)."""
+    from sqlalchemy.engine import make_url
+
+    from app.db.migrate import set_app_password, upgrade
 
     settings = _settings()
     try:
@@ -49,6 +51,9 @@ def migrate() -> None:
     except ValueError as exc:
         raise _fail(str(exc)) from None
     upgrade(admin_url=settings.admin_database_url, app_role=settings.app_role)
+    password = make_url(settings.database_url).password
+    if password:  # the app role signs in with what its URL says (SCRAM verifier, never the plaintext)
+        set_app_password(admin_url=settings.admin_database_url, app_role=settings.app_role, password=str(password))
     typer.echo("migrations applied")
 
 

@@ -121,3 +121,28 @@ class TestQuickStart:
             proc.wait(timeout=60)
             assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # the private cluster stopped too
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class TestMigrate:
+    def test_sets_the_app_roles_password_as_a_scram_verifier(self, fresh_database):
+        import base64
+        import hashlib
+        import hmac
+
+        from sqlalchemy.engine import make_url
+
+        app_url = make_url(fresh_database.app_url).set(password="s3cret-app-pw").render_as_string(hide_password=False)
+        result = run("migrate", env={"PALISADE_DATABASE_URL": app_url, "PALISADE_ADMIN_DATABASE_URL": fresh_database.admin_url})
+        assert result.returncode == 0, result.stderr
+        assert "s3cret-app-pw" not in result.stdout + result.stderr
+        engine = create_engine(fresh_database.superuser_db_url, poolclass=pool.NullPool)
+        with engine.connect() as conn:
+            stored = conn.scalar(text("select rolpassword from pg_authid where rolname = :r"), {"r": fresh_database.app_role})
+        engine.dispose()
+        # SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>; the password checks against it.
+        scheme, iterations_salt, keys = stored.split("$")
+        iterations, salt = iterations_salt.split(":")
+        stored_key, _ = keys.split(":")
+        salted = hashlib.pbkdf2_hmac("sha256", b"s3cret-app-pw", base64.b64decode(salt), int(iterations))
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        assert scheme == "SCRAM-SHA-256" and base64.b64encode(hashlib.sha256(client_key).digest()).decode() == stored_key

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import re
 from pathlib import Path
 
@@ -30,6 +34,28 @@ def alembic_config(*, admin_url: str, app_role: str) -> Config:
 def upgrade(*, admin_url: str, app_role: str, revision: str = "head") -> None:
     """Apply migrations as the admin role; creates the app role if it is missing."""
     command.upgrade(alembic_config(admin_url=admin_url, app_role=app_role), revision)
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """A SCRAM-SHA-256 verifier (RFC 5802/7677, as PostgreSQL stores it) computed here, so the
+    password itself never reaches the server, its statement log or pg_stat_statements."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+def set_app_password(*, admin_url: str, app_role: str, password: str) -> None:
+    """Give the app role the password its URL carries (the admin role may alter roles it created)."""
+    if not ROLE_NAME.match(app_role):
+        raise ValueError("the app role name must be a plain lower-case identifier")
+    engine = create_engine(admin_url, poolclass=pool.NullPool)
+    with engine.begin() as conn:
+        # A verifier is base64 and `$:` only: safe inside a literal.
+        conn.exec_driver_sql(f"ALTER ROLE \"{app_role}\" PASSWORD '{scram_verifier(password)}'")
+    engine.dispose()
 
 
 def pending(*, admin_url: str, app_role: str) -> list[str]:
