@@ -1,0 +1,247 @@
+"""site.yml and upgrade.yml against a real, freshly built Debian 12 host (converge, idempotence, verify).
+
+The host is a debootstrap rootfs booted with systemd-nspawn in a network namespace this test makes;
+its only way out is an allow-listed proxy for the Debian mirrors (see testhost.py). The tests run in
+order and share the host: install, run again (nothing changes), check the result from outside
+(TLS 1.3 through nginx) and inside (doctor, sandbox, RLS), upgrade to a newer build, then try a
+broken build and watch it roll back. On a machine without systemd-nspawn the test installs it, and
+fails (never skips) when it cannot.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import ssl
+import time
+
+import pytest
+from conftest import TIMINGS
+from site_lab import ISSUER, PROBE_COMMENT, SERVER_NAME, Lab, source_copy
+from testhost import booted_host
+
+pytestmark = pytest.mark.converge
+
+# The whole module (first debootstrap excepted: it is cached) must stay well inside this.
+BUDGET_SECONDS = 20 * 60
+
+
+@pytest.fixture(scope="module")
+def lab(ansible_env, tmp_path_factory):
+    started = time.monotonic()
+    workdir = tmp_path_factory.mktemp("converge")
+    with booted_host(workdir, lambda line: TIMINGS.append(line)) as host:
+        lab = Lab(workdir, host, ansible_env)
+        lab.write_inventory()
+        yield lab
+        for run in lab.runs:
+            TIMINGS.append(f"{run.playbook} ({run.log.name}): {run.seconds:.0f}s, recap {run.recap}")
+    TIMINGS.append(f"converge module in all: {time.monotonic() - started:.0f}s; logs in {workdir}")
+
+
+def _ok(run) -> str:
+    return f"{run.playbook} failed (log {run.log}):\n{run.tail()}"
+
+
+def _https_get(lab: Lab, path: str, *, tls: str = "1.3") -> tuple[str, int, dict[str, list[str]], str]:
+    """GET over TLS to the test host's nginx, verifying its certificate for SERVER_NAME."""
+    cert = lab.host.ssh("sudo cat /etc/nginx/tls/server.crt").stdout
+    context = ssl.create_default_context(cadata=cert)
+    version = ssl.TLSVersion.TLSv1_3 if tls == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.minimum_version = context.maximum_version = version
+    with socket.create_connection((lab.host.ip, 443), timeout=15) as raw, \
+            context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls_socket:
+        tls_socket.sendall(f"GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls_socket.recv(65536):
+            data += chunk
+        negotiated = tls_socket.version()
+    status, headers, body = _parse_http(data)
+    return negotiated, status, headers, body
+
+
+def _parse_http(data: bytes) -> tuple[int, dict[str, list[str]], str]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(lines[0].split()[1]), headers, body.decode(errors="replace")
+
+
+def _current_release(lab: Lab) -> str:
+    return lab.host.ssh("readlink /opt/palisade/current").stdout.strip()
+
+
+def _tenant_slugs(lab: Lab) -> list[str]:
+    out = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c 'select slug from tenants order by slug'").stdout
+    return out.split()
+
+
+def _psql_as_app(lab: Lab, sql: str, *, sslmode: str = "verify-full") -> object:
+    dsn = (f"host=127.0.0.1 dbname=palisade user=palisade_app sslmode={sslmode} "
+           "sslrootcert=/etc/palisade/database-ca.pem")
+    # As the service user, who may read /etc/palisade (the CA certificate); the password is the app role's.
+    command = (f"sudo -u palisade env PGPASSWORD={shlex.quote(lab.app_password)} "
+               f"psql -XAtq {shlex.quote(dsn)} -c {shlex.quote(sql)}")
+    return lab.host.ssh(command, check=False)
+
+
+# --- install -------------------------------------------------------------------------------------
+
+
+def test_site_converges_on_a_fresh_debian_12_host(lab):
+    run = lab.playbook("site.yml")
+    assert run.returncode == 0, _ok(run)
+    assert all(stats["failed"] == 0 and stats["unreachable"] == 0 for stats in run.recap.values())
+    # Packages came through the allow-listed proxy, and nothing tried to go anywhere else.
+    assert lab.host.proxy.forwarded, "no package download went through the proxy"
+    assert lab.host.proxy.refused == [], f"the host tried to reach hosts off the allow-list: {lab.host.proxy.refused}"
+
+
+def test_second_run_changes_nothing(lab):
+    run = lab.playbook("site.yml")
+    assert run.returncode == 0, _ok(run)
+    changed = {host: stats["changed"] for host, stats in run.recap.items()}
+    assert set(changed.values()) == {0}, f"second run changed {changed}: {run.changed_tasks()}"
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+
+def test_app_answers_over_https_with_tls_1_3_through_nginx(lab):
+    negotiated, status, headers, body = _https_get(lab, "/health/ready")
+    assert negotiated == "TLSv1.3"
+    assert status == 200 and '"status":"ok"' in body.replace(" ", "")
+    assert len(headers.get("strict-transport-security", [])) == 1
+    assert headers["strict-transport-security"][0].startswith("max-age=63072000")
+    assert "server" not in headers or "nginx/" not in headers["server"][0]  # server_tokens off
+
+
+def test_tls_1_2_is_refused_by_default(lab):
+    with pytest.raises(ssl.SSLError):
+        _https_get(lab, "/health/live", tls="1.2")
+
+
+def test_plain_http_redirects_to_https(lab):
+    with socket.create_connection((lab.host.ip, 80), timeout=15) as plain:
+        plain.sendall(b"GET /health/live?x=1 HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := plain.recv(65536):
+            data += chunk
+    status, headers, _ = _parse_http(data)
+    assert status == 301
+    assert headers["location"] == [f"https://{SERVER_NAME}/health/live?x=1"]
+
+
+def test_proxy_overwrites_forwarding_headers_for_the_trusted_proxy_rule(lab):
+    config = lab.host.ssh("sudo nginx -T 2>/dev/null").stdout
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in config
+    assert "proxy_set_header X-Forwarded-Proto https;" in config
+    assert "proxy_add_x_forwarded_for" not in config
+    settings = lab.host.ssh("sudo cat /etc/palisade/palisade.env").stdout
+    assert "PALISADE_TRUSTED_PROXIES='127.0.0.1/32'" in settings
+
+
+def test_doctor_passes_on_the_host(lab):
+    result = lab.host.ssh("sudo palisadectl doctor", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"doctor: all \d+ checks passed", result.stdout)
+
+
+def test_service_is_sandboxed_listens_on_loopback_and_keeps_secrets_out_of_unit_and_env(lab):
+    shown = lab.host.ssh(
+        "systemctl show palisade.service -p User -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
+        "-p PrivateDevices -p CapabilityBoundingSet -p RestrictAddressFamilies -p MainPID -p ActiveState"
+    ).stdout
+    props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    assert props["ActiveState"] == "active"
+    assert props["User"] == "palisade"
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["ProtectHome"] == "yes"
+    assert props["PrivateTmp"] == "yes"
+    assert props["PrivateDevices"] == "yes"
+    assert props["CapabilityBoundingSet"] == ""
+    assert set(props["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    security = lab.host.ssh("systemd-analyze security --no-pager palisade.service", check=False).stdout
+    exposure = float(re.search(r"Overall exposure level for palisade.service: ([0-9.]+)", security)[1])
+    TIMINGS.append(f"systemd-analyze security palisade.service: exposure {exposure} (0 safest, 10 unsafe)")
+    assert exposure < 3.0, security
+    listening = lab.host.ssh("ss -Htln 'sport = :8000'").stdout.split()
+    assert "127.0.0.1:8000" in listening and "0.0.0.0:8000" not in listening and "*:8000" not in listening
+    pid = props["MainPID"]
+    exposed = {
+        "unit": lab.host.ssh("systemctl cat palisade.service").stdout,
+        "settings": lab.host.ssh("sudo cat /etc/palisade/palisade.env").stdout,
+        "process environment": lab.host.ssh(f"sudo cat /proc/{pid}/environ | tr '\\0' '\\n'").stdout,
+    }
+    for where, text in exposed.items():
+        assert lab.app_password not in text and lab.admin_password not in text, f"a database password is in the {where}"
+    assert "LoadCredential=database-url:/etc/palisade/credentials/database-url" in exposed["unit"]
+    assert "admin-database-url" not in exposed["unit"]  # only migrations get the admin URL
+    modes = lab.host.ssh("sudo sh -c \"stat -c '%a %U %n' /etc/palisade/credentials /etc/palisade/credentials/*\"").stdout
+    for line in modes.splitlines():
+        mode, owner, _ = line.split(maxsplit=2)
+        assert owner == "root" and mode in {"600", "700"}, line
+
+
+def test_app_role_cannot_bypass_row_level_security(lab):
+    created = lab.host.ssh(f"sudo palisadectl tenant create --name Acme --slug acme --admin-issuer {ISSUER} "
+                           "--admin-subject alice", check=False)
+    assert created.returncode == 0, created.stdout + created.stderr
+    everyone = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c 'select count(*) from users'").stdout
+    assert int(everyone) >= 1
+
+    role = _psql_as_app(lab, "select rolsuper, rolbypassrls from pg_roles where rolname = current_user")
+    assert role.returncode == 0, role.stderr
+    assert role.stdout.strip() == "f|f"
+    no_context = _psql_as_app(lab, "select count(*) from users")
+    assert no_context.returncode == 0, no_context.stderr
+    assert no_context.stdout.strip() == "0"  # no tenant context: no rows, not all rows
+    forced = _psql_as_app(lab, "set row_security = off; select count(*) from users")
+    assert forced.returncode != 0 and "row-level security" in forced.stderr
+    plaintext = _psql_as_app(lab, "select 1", sslmode="disable")
+    assert plaintext.returncode != 0 and "no encryption" in plaintext.stderr  # pg_hba: TLS only
+
+
+# --- upgrade -------------------------------------------------------------------------------------
+
+
+def test_upgrade_to_a_newer_build_keeps_all_data(lab):
+    old, new = lab.versions[0], f"{lab.versions[0]}.post1"
+    lab.newer_source = source_copy(lab.workdir / f"src-{new}", version=new, probe_migration=True)
+    before = _tenant_slugs(lab)
+    run = lab.playbook("upgrade.yml", "-e", f"palisade_source_dir={lab.newer_source}")
+    assert run.returncode == 0, _ok(run)
+    lab.versions.append(new)
+    assert "1 migration(s) to apply: 9900_ansible_upgrade_probe" in run.output
+    assert _current_release(lab) == f"releases/{new}"
+    assert _tenant_slugs(lab) == before == ["acme"]
+    comment = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c \"select obj_description('tenants'::regclass)\"")
+    assert comment.stdout.strip() == PROBE_COMMENT
+    backups = lab.host.ssh("sudo ls /var/backups/palisade").stdout.split()
+    assert any(name.startswith(f"palisade-{old}-") and name.endswith(".dump") for name in backups), backups
+    assert lab.host.ssh("sudo palisadectl doctor", check=False).returncode == 0
+    verified = lab.host.ssh("sudo palisadectl audit verify", check=False)
+    assert verified.returncode == 0 and "ok " in verified.stdout, verified.stdout + verified.stderr
+    _, status, _, _ = _https_get(lab, "/health/ready")
+    assert status == 200
+
+
+def test_broken_build_rolls_back_to_the_running_release(lab):
+    running, broken = lab.versions[-1], f"{lab.versions[0]}.post2"
+    source = source_copy(lab.workdir / f"src-{broken}", version=broken, base=lab.newer_source, broken=True)
+    run = lab.playbook("upgrade.yml", "-e", f"palisade_source_dir={source}", "-e", "palisade_health_timeout_seconds=30")
+    assert run.returncode != 0, "the broken build was not refused"
+    assert "UPGRADE FAILED on " in run.output
+    assert f"is back on {running}" in run.output and "answers its health check" in run.output
+    assert "pg_restore --clean --create" in run.output and f"/var/backups/palisade/palisade-{running}-" in run.output
+    assert _current_release(lab) == f"releases/{running}"
+    assert lab.host.ssh("systemctl is-active palisade.service").stdout.strip() == "active"
+    negotiated, status, _, _ = _https_get(lab, "/health/ready")
+    assert (negotiated, status) == ("TLSv1.3", 200)
+    assert _tenant_slugs(lab) == ["acme"]
+    assert time.monotonic() - lab.started < BUDGET_SECONDS, "the converge tests took longer than their budget"
