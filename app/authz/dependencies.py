@@ -81,10 +81,11 @@ class WorkspaceAccess:
         workspace_id: Annotated[uuid.UUID, Path()],
     ) -> WorkspaceScope:
         session = tenant.session
-        if repo.get_workspace(session, workspace_id) is None:
-            raise NotFound()  # does not exist: nothing was refused
         assert tenant.user_id is not None
-        membership = repo.workspace_membership(session, workspace_id=workspace_id, user_id=tenant.user_id)
+        found = repo.workspace_with_membership(session, workspace_id=workspace_id, user_id=tenant.user_id)
+        if found is None:
+            raise NotFound()  # does not exist: nothing was refused
+        _, membership = found
         role = WorkspaceRole(membership.role) if membership else None
         apply_context(session, DbContext(tenant_id=tenant.tenant_id, workspace_id=workspace_id, user_id=tenant.user_id))
         scope = WorkspaceScope(

@@ -64,6 +64,20 @@ def get_workspace(session: Session, workspace_id: uuid.UUID) -> Workspace | None
     return session.scalars(select(Workspace).where(Workspace.id == workspace_id)).first()
 
 
+def workspace_with_membership(session: Session, *, workspace_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Workspace, WorkspaceMembership | None] | None:
+    """The workspace and the user's membership of it (None when not a member), in one statement."""
+    row = session.execute(
+        select(Workspace, WorkspaceMembership)
+        .outerjoin(
+            WorkspaceMembership,
+            (WorkspaceMembership.tenant_id == Workspace.tenant_id) & (WorkspaceMembership.workspace_id == Workspace.id)
+            & (WorkspaceMembership.user_id == user_id),
+        )
+        .where(Workspace.id == workspace_id)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
 def workspace_membership(session: Session, *, workspace_id: uuid.UUID, user_id: uuid.UUID) -> WorkspaceMembership | None:
     return session.scalars(
         select(WorkspaceMembership).where(WorkspaceMembership.workspace_id == workspace_id, WorkspaceMembership.user_id == user_id)

@@ -1,0 +1,67 @@
+"""The benchmarks at their smoke size, so they cannot rot. Their figures decide nothing here:
+what is asserted is that every benchmark runs, reports what it promises, and gets its own
+correctness checks right (RLS and the explicit WHERE return the same rows, no context-only round
+trip, a gap-free audit chain, EXPLAIN plans saved)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import MODULES, run
+
+
+@pytest.fixture(scope="module")
+def results(pg_superuser_url: str, tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch) -> dict:
+    # The bench server is the suite's own PostgreSQL (this machine's, or the suite's private cluster).
+    monkeypatch_module.setenv("PALISADE_BENCH_DATABASE_URL", pg_superuser_url)
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    result = run("smoke", list(MODULES), out)
+    assert json.loads(Path(out).read_text())["scale"] == "smoke"
+    return result
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _section(results: dict, name: str) -> dict:
+    return next(s for s in results["sections"] if s["name"] == name)
+
+
+class TestEveryBenchmark:
+    def test_every_module_reports_ratios_against_a_baseline(self, results: dict) -> None:
+        assert [s["name"] for s in results["sections"]] == list(MODULES)
+        for section in results["sections"]:
+            assert section["rows"], section["name"]
+            assert any(r["ratio"] is not None and r["baseline"] for r in section["rows"]), section["name"]
+            for row in section["rows"]:
+                if row["target"]:
+                    assert row["met"] in (True, False), row
+
+    def test_the_table_and_machine_are_written(self, results: dict) -> None:
+        assert results["machine"]["cores"] >= 1
+        assert results["table"].startswith("| benchmark |")
+        assert results["table"].count("\n") >= sum(len(s["rows"]) for s in results["sections"]) + 1
+
+
+class TestRls:
+    def test_plans_are_saved_and_put_the_tenant_in_the_index_condition(self, results: dict) -> None:
+        plans = _section(results, "rls")["artifacts"]["explain"]
+        assert set(plans) == {"latest", "count_workspace", "count_tenant"}
+        for plan in plans.values():
+            assert "Index" in plan["app_role_rls"] and plan["tenant_in_index_cond"], plan["app_role_rls"]
+
+
+class TestRoundTrips:
+    def test_the_context_costs_no_round_trip_of_its_own(self, results: dict) -> None:
+        section = _section(results, "roundtrips")
+        context_row = next(r for r in section["rows"] if "only set the" in r["metric"])
+        assert context_row["value"] == 0 and context_row["met"] is True
+        trips = section["artifacts"]["round_trips"]
+        assert any("set_config" in t and "SELECT documents" in t for t in trips), trips
+        assert section["artifacts"]["items_returned"] > 0
