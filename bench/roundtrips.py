@@ -3,11 +3,11 @@
 Counted: `GET /api/v1/tenants/{t}/workspaces/{w}/documents` through the real app (a token from the
 real test IdP, every middleware and dependency), in process, against the data set. The counter is
 libpq's own protocol trace (`PQtrace`) on every connection the app's engine checks out during the
-request: a round trip is each time the client, having sent messages, waits for the server's
-answer. The statements in each round trip are saved with the results.
+request: a round trip is each Sync or simple Query message, after which the client waits for the
+server's ReadyForQuery (a prepared statement shows as its Bind, without a Parse). The statements in each round trip are saved with the results.
 
 Compared: the DB work of that request — the rate-limit hit, the RBAC lookups, the documents query
-and COMMIT, run by the same functions the request runs (`RateLimiter`'s store, `TenantAccess`,
+and COMMIT, run by the same functions the request runs (`RateLimiter`'s store,
 `WorkspaceAccess`, `knowledge.service.list_documents`) — against the floor: the same documents
 query with an explicit WHERE as one autocommit statement (one round trip, no auth, no context).
 """
@@ -30,7 +30,7 @@ from starlette.requests import Request
 
 from app.audit.service import RequestMeta
 from app.auth.principal import Principal
-from app.authz.dependencies import TenantAccess, WorkspaceAccess
+from app.authz.dependencies import WorkspaceAccess
 from app.authz.roles import WorkspaceRole
 from app.config import IssuerConfig, Mode, Settings
 from app.db.session import DbContext, apply_context, make_engine, make_session_factory
@@ -88,21 +88,39 @@ class ProtocolTrace:
 
 
 def parse_trace(trace: str) -> list[list[str]]:
-    """Round trips in a libpq trace: every run of client (F) messages that a server (B) reply ends."""
+    """Round trips in a libpq trace: every Sync or simple Query the client sends is a point where
+    it waits for the server's ReadyForQuery; the messages since the previous one travel with it."""
     trips: list[list[str]] = []
     sent: list[str] = []
+    last = ""
     for line in trace.splitlines():
         direction, _, rest = line.partition("\t")
-        if direction == "F":
-            sent.append(rest.split("\t", 1)[1] if "\t" in rest else rest)
-        elif direction == "B" and sent:
-            trips.append([m for m in sent if m.startswith(("Parse", "Query"))] or sent)
+        if direction not in ("F", "B"):
+            if last == "F" and sent and sent[-1].startswith("Parse"):
+                sent[-1] += " " + line.strip()  # a multi-line statement's next line
+            continue
+        last = direction
+        if direction == "B":
+            continue
+        message = rest.split("\t", 1)[1] if "\t" in rest else rest
+        fields = message.split('"')
+        if message.startswith(("Parse", "Query")):
+            sent.append(message)
+        elif message.startswith("Bind") and len(fields) > 3 and fields[3]:
+            sent.append(f"prepared statement {fields[3]}")  # psycopg prepares a statement after a few runs
+        if message.startswith(("Sync", "Query")):
+            trips.append(sent or [message])
             sent = []
     return trips
 
 
 def _describe(trip: list[str]) -> str:
-    return " + ".join(m.split('"')[3] if m.startswith("Parse") and m.count('"') >= 4 else m for m in trip)
+    def short(m: str) -> str:
+        if m.startswith("Parse"):
+            text = m.split('"', 3)[3] if m.count('"') >= 4 else m
+            return " ".join(text.split())[:120]
+        return m
+    return " + ".join(short(m) for m in trip)
 
 
 def _only_context(trip: list[str]) -> bool:
@@ -144,7 +162,7 @@ class _Path:
         self.rng = random.Random(seed)
         self.issuer = dataset_issuer(dataset)
         self.meta = RequestMeta(client_ip="203.0.113.7")
-        self.tenant_access, self.workspace_access = TenantAccess(), WorkspaceAccess(WorkspaceRole.viewer)
+        self.workspace_access = WorkspaceAccess(WorkspaceRole.viewer)
 
     def _pick(self) -> tuple[Any, Any]:
         tenant = self.tenants[self.rng.randrange(len(self.tenants))]
@@ -157,8 +175,7 @@ class _Path:
             self.store.hit(f"bench|{tenant.subject}", limit=1_000_000_000, window_seconds=60)
         request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}})
         with self.sessions() as session, session.begin():
-            scope = self.tenant_access(request, principal, session, self.meta, tenant.tenant_id)
-            workspace_scope = self.workspace_access(request, scope, workspace)
+            workspace_scope = self.workspace_access(request, principal, session, self.meta, tenant.tenant_id, workspace)
             docs, _ = service.list_documents(workspace_scope, limit=50, cursor=None)
             assert docs
 

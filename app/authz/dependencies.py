@@ -11,10 +11,11 @@ import uuid
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from sqlalchemy.orm import Session
 
-from app.audit.service import Category
+from app.audit.service import Category, RequestMeta
 from app.auth.dependencies import Caller
-from app.auth.principal import INTERNAL_ADMIN
+from app.auth.principal import INTERNAL_ADMIN, Principal
 from app.authz.denials import record_refusal, route_label
 from app.authz.roles import TenantRole, WorkspaceRole
 from app.authz.scope import TenantScope, WorkspaceScope
@@ -40,8 +41,14 @@ class TenantAccess:
     def __call__(
         self, request: Request, caller: Caller, session: DbSession, meta: Meta, tenant_id: Annotated[uuid.UUID, Path()]
     ) -> TenantScope:
+        return self.enter(request, caller, session, meta, tenant_id)[0]
+
+    def enter(self, request: Request, caller: Principal, session: Session, meta: RequestMeta, tenant_id: uuid.UUID,
+              workspace_id: uuid.UUID | None = None) -> tuple[TenantScope, repo.Member | None]:
+        """The caller's scope in the tenant and, with `workspace_id`, what RBAC needs about that
+        workspace, found in the same statement (one round trip for the whole check)."""
         apply_context(session, DbContext(tenant_id=tenant_id))
-        found = repo.find_member(session, issuer=caller.issuer, subject=caller.subject)
+        found = repo.find_member(session, issuer=caller.issuer, subject=caller.subject, workspace_id=workspace_id)
         if found is None:
             if caller.is_internal_admin and (self.internal_admin or (self.vendor_grant and repo.active_vendor_grant(session))):
                 # Vendor staff: only what the route gives them (metadata, or a granted audit trail).
@@ -49,17 +56,16 @@ class TenantAccess:
                 scope = TenantScope(session=session, tenant_id=tenant_id, principal=caller, meta=meta, user_id=None, tenant_role=None)
                 request.state.authz_scope = scope
                 scope.audit(category=Category.vendor_access, action=route_label(request))
-                return scope
+                return scope, None
             record_refusal(request, action="tenant.not_member", target_type="tenant", target_id=tenant_id)
             raise NotFound()
-        user, membership = found
-        apply_context(session, DbContext(tenant_id=tenant_id, user_id=user.id))
-        scope = TenantScope(session=session, tenant_id=tenant_id, principal=caller, meta=meta, user_id=user.id,
-                            tenant_role=TenantRole(membership.role))
+        apply_context(session, DbContext(tenant_id=tenant_id, user_id=found.user.id))
+        scope = TenantScope(session=session, tenant_id=tenant_id, principal=caller, meta=meta, user_id=found.user.id,
+                            tenant_role=TenantRole(found.membership.role))
         request.state.authz_scope = scope
         if self.customer_admin and not scope.is_customer_admin:
             raise Forbidden("This needs the tenant's customer_admin role.")
-        return scope
+        return scope, found
 
 
 class WorkspaceAccess:
@@ -73,19 +79,17 @@ class WorkspaceAccess:
     def __init__(self, min_role: WorkspaceRole, *, customer_admin: bool = False) -> None:
         self.min_role = min_role
         self.customer_admin = customer_admin
+        self._tenant = TenantAccess()
 
     def __call__(
-        self,
-        request: Request,
-        tenant: Annotated[TenantScope, Depends(TenantAccess())],
-        workspace_id: Annotated[uuid.UUID, Path()],
+        self, request: Request, caller: Caller, session: DbSession, meta: Meta,
+        tenant_id: Annotated[uuid.UUID, Path()], workspace_id: Annotated[uuid.UUID, Path()],
     ) -> WorkspaceScope:
-        session = tenant.session
-        assert tenant.user_id is not None
-        found = repo.workspace_with_membership(session, workspace_id=workspace_id, user_id=tenant.user_id)
-        if found is None:
+        tenant, found = self._tenant.enter(request, caller, session, meta, tenant_id, workspace_id)
+        assert found is not None and tenant.user_id is not None  # vendor staff do not enter workspaces
+        if found.workspace is None:
             raise NotFound()  # does not exist: nothing was refused
-        _, membership = found
+        membership = found.workspace_membership
         role = WorkspaceRole(membership.role) if membership else None
         apply_context(session, DbContext(tenant_id=tenant.tenant_id, workspace_id=workspace_id, user_id=tenant.user_id))
         scope = WorkspaceScope(

@@ -137,7 +137,7 @@ def _run_pipelined(cursor: Any, context: Any, send: Callable[[], None]) -> bool 
     streamed = isinstance(cursor, ServerCursor)
     with dbapi.pipeline():
         for sql, params in steps:
-            dbapi.execute(sql, params, prepare=False)
+            dbapi.execute(sql, params)
         if not streamed:
             send()
     return None if streamed else True

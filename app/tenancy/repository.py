@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -11,13 +12,35 @@ from sqlalchemy.orm import Session
 from app.tenancy.models import Invitation, Tenant, TenantMembership, User, VendorAccessGrant, Workspace, WorkspaceMembership
 
 
-def find_member(session: Session, *, issuer: str, subject: str) -> tuple[User, TenantMembership] | None:
-    row = session.execute(
+class Member(NamedTuple):
+    user: User
+    membership: TenantMembership
+    # With `workspace_id`: that workspace (None if the tenant has none by that id) and the user's
+    # membership of it (None if not a member).
+    workspace: Workspace | None = None
+    workspace_membership: WorkspaceMembership | None = None
+
+
+def find_member(session: Session, *, issuer: str, subject: str, workspace_id: uuid.UUID | None = None) -> Member | None:
+    """The caller's user and tenant membership and, with `workspace_id`, that workspace and their
+    membership of it: everything RBAC needs, in one statement."""
+    query = (
         select(User, TenantMembership)
         .join(TenantMembership, (TenantMembership.tenant_id == User.tenant_id) & (TenantMembership.user_id == User.id))
         .where(User.issuer == issuer, User.subject == subject)
-    ).first()
-    return (row[0], row[1]) if row else None
+    )
+    if workspace_id is not None:
+        query = (
+            query.add_columns(Workspace, WorkspaceMembership)
+            .outerjoin(Workspace, (Workspace.tenant_id == User.tenant_id) & (Workspace.id == workspace_id))
+            .outerjoin(
+                WorkspaceMembership,
+                (WorkspaceMembership.tenant_id == Workspace.tenant_id) & (WorkspaceMembership.workspace_id == Workspace.id)
+                & (WorkspaceMembership.user_id == User.id),
+            )
+        )
+    row = session.execute(query).first()
+    return Member(*row) if row else None
 
 
 def find_user(session: Session, *, issuer: str, subject: str) -> User | None:
@@ -62,20 +85,6 @@ def count_customer_admins(session: Session) -> int:
 
 def get_workspace(session: Session, workspace_id: uuid.UUID) -> Workspace | None:
     return session.scalars(select(Workspace).where(Workspace.id == workspace_id)).first()
-
-
-def workspace_with_membership(session: Session, *, workspace_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Workspace, WorkspaceMembership | None] | None:
-    """The workspace and the user's membership of it (None when not a member), in one statement."""
-    row = session.execute(
-        select(Workspace, WorkspaceMembership)
-        .outerjoin(
-            WorkspaceMembership,
-            (WorkspaceMembership.tenant_id == Workspace.tenant_id) & (WorkspaceMembership.workspace_id == Workspace.id)
-            & (WorkspaceMembership.user_id == user_id),
-        )
-        .where(Workspace.id == workspace_id)
-    ).first()
-    return (row[0], row[1]) if row else None
 
 
 def workspace_membership(session: Session, *, workspace_id: uuid.UUID, user_id: uuid.UUID) -> WorkspaceMembership | None:
