@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 GENESIS = "0" * 64
@@ -28,17 +29,51 @@ CHAINED_FIELDS = (
 
 def plain(value: Any) -> Any:
     """A field value as JSON: timestamps in UTC ISO form with microseconds, ids as strings."""
+    if value is None or type(value) is str or isinstance(value, (str, int, bool, dict, list)):
+        return value
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
-    if value is None or isinstance(value, (str, int, bool, dict, list)):
-        return value
     return str(value)  # UUID, IP address
+
+
+# The canonical form is `json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
+# of the chained fields. `canonical` writes that same text without building the body dict: the
+# top-level keys are fixed, so their sorted order and `"key":` prefixes are computed once, and
+# each value is rendered as the encoder renders it inside the body (`_json`). Verifying a long
+# chain spends most of its time here; tests/audit/test_canonical.py holds it to `json.dumps`.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_SLOTS = tuple((("{" if i == 0 else ",") + _ENCODE(name) + ":", name) for i, name in enumerate(sorted(CHAINED_FIELDS)))
+
+
+def _json(value: Any) -> str:
+    """One field's `plain` value as JSON, exactly as `_ENCODE` writes it inside an object."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)  # what the encoder uses for strings when ensure_ascii=False
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is dict and not value:
+        return "{}"
+    value = plain(value)
+    if type(value) is str:  # timestamps, ids, addresses
+        return encode_basestring(value)
+    return _ENCODE(value)  # objects (sorted, nested), lists, floats, subclasses: the encoder itself
+
+
+def reference_canonical(event: Mapping[str, Any]) -> bytes:
+    """The definition `canonical` must equal, byte for byte."""
+    body = {name: plain(event.get(name)) for name in CHAINED_FIELDS}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def canonical(event: Mapping[str, Any]) -> bytes:
     """The bytes that are hashed: the chained fields as sorted, compact UTF-8 JSON."""
-    body = {name: plain(event.get(name)) for name in CHAINED_FIELDS}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    get = event.get
+    return ("".join([prefix + _json(get(name)) for prefix, name in _SLOTS]) + "}").encode()
 
 
 def event_hash(event: Mapping[str, Any]) -> str:
@@ -56,20 +91,29 @@ class Break:
     message: str
 
 
+def _event_id(event: Mapping[str, Any]) -> uuid.UUID | None:
+    value = event.get("id")
+    return uuid.UUID(value) if isinstance(value, str) else value
+
+
 def verify_chain(tenant_id: uuid.UUID, events: Iterable[Mapping[str, Any]], head: tuple[int, str] | None) -> tuple[int, Break | None]:
     """Walk one tenant's events in seq order; returns (events checked, first break or None)."""
     expected_seq, prev_hash, checked = 1, GENESIS, 0
     for event in events:
-        seq, event_id = event.get("seq"), event.get("id")
+        seq = event.get("seq")
         if seq is None or event.get("hash") is None:
+            event_id = _event_id(event)
             return checked, Break(tenant_id, "unchained", None, event_id, f"event {event_id} carries no chain link")
         if seq > expected_seq:
+            event_id = _event_id(event)
             return checked, Break(tenant_id, "missing", expected_seq, event_id,
                                   f"event seq {expected_seq} is missing (next present: seq {seq}, id {event_id})")
         if event.get("prev_hash") != prev_hash:
+            event_id = _event_id(event)
             return checked, Break(tenant_id, "reordered", seq, event_id,
                                   f"event seq {seq} (id {event_id}) does not link to seq {seq - 1}: events were reordered, or the one before it rewritten")
         if event_hash(event) != event["hash"]:
+            event_id = _event_id(event)
             return checked, Break(tenant_id, "altered", seq, event_id, f"event seq {seq} (id {event_id}) was altered: its hash does not match")
         expected_seq, prev_hash, checked = seq + 1, event["hash"], checked + 1
     last = (expected_seq - 1, prev_hash)

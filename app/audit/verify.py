@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit import repository as repo
 from app.audit.chain import PLATFORM_TENANT, Break, verify_chain
-from app.audit.service import as_dict
 from app.auth.principal import INTERNAL_ADMIN
 from app.db.session import DbContext, apply_context
 from app.tenancy import repository as tenancy_repo
@@ -36,7 +35,7 @@ def verify_tenant(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> Chai
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         apply_context(session, DbContext(tenant_id=tenant_id))
         head = repo.head(session, tenant_id)
-        count, broken = verify_chain(tenant_id, (as_dict(e) for e in repo.stream(session, tenant_id)), head)
+        count, broken = verify_chain(tenant_id, repo.chain_links(session, tenant_id), head)
     return ChainResult(tenant_id, count, broken)
 
 
