@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.kit import RESULTS, SCALES, BenchServer, Context, Row, Section, machine
 
-MODULES = ("rls", "roundtrips", "audit")
+MODULES = ("rls", "roundtrips", "http", "audit", "noisy")
 
 
 def _module(name: str) -> ModuleType:

@@ -25,6 +25,8 @@ Design notes (round trips; measured in `bench/roundtrips.py`)
   connection asked for `AUTOCOMMIT` (the rate limiter's) gets no BEGIN and no context.
 - `pool_pre_ping` would add a round trip to every checkout; instead a connection is pinged only
   when it sat in the pool long enough for a server restart or an idle timeout to have closed it.
+  The price: after a failover, the first statement on a busy connection fails (that request gets
+  a 5xx); SQLAlchemy then invalidates the whole pool, so the next requests reconnect.
 - The context lives on the connection only until the SQLAlchemy transaction ends (commit,
   rollback and checkout drop it), so it can never ride into another checkout.
 """
@@ -43,7 +45,7 @@ import psycopg
 from psycopg import ServerCursor
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, Select, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 _SET_CONTEXT = (
@@ -161,7 +163,11 @@ def _drop_context(info: dict[str, Any]) -> None:
 
 
 def _transaction_ended(connection: Connection) -> None:
-    _drop_context(connection.info)
+    try:
+        info = connection.info
+    except SQLAlchemyError:
+        return  # invalidated (the server went away): its record, and the context, are discarded
+    _drop_context(info)
 
 
 def make_engine(url: str, *, pool_size: int = 10, ping_after: float = 30.0) -> Engine:
