@@ -2,8 +2,8 @@
 
 (a) Added latency. One transaction as the app role with the tenant context (`apply_context`), one
     knowledge document inserted, COMMIT. The audited side calls the project's own
-    `app.knowledge.service.create_document` (insert + flush + `audit.record`: chain-head upsert,
-    event insert, head update); the plain side runs the same statements minus the audit event.
+    `app.knowledge.service.create_document` (insert + flush + `audit.record`: one statement that
+    locks the chain head, inserts the event and moves the head); the plain side runs the same statements minus the audit event.
     Both sides run with the app's after-commit log hooks installed and the app's JSON logging
     configured (to /dev/null), so the audited side pays for its log line as in production.
     Sides alternate (`kit.side_by_side`); the added latency is p(audited) − p(plain). The log line
@@ -150,13 +150,11 @@ def app_logging() -> Iterator[None]:
 
 
 ADDED_LATENCY_CAUSE = (
-    "MISSED. Profiled (cProfile of audit.record, timed statements): the after-commit log line above "
-    "(app.observability.scrub.scrub_text runs every rule's hint scan over each of the line's ~50 strings), "
-    "three extra round trips (head upsert, event insert, head update) and the ORM unit of work around the "
-    "event (AuditEvent construction, flush, ORM UPDATE, as_dict twice). Fix: write the event with a Core "
-    "INSERT and move the head in the same statement (a CTE: 2 round trips instead of 3; a prototype took "
-    "the audit step from ~3.7 ms to ~1.4 ms p50 here, chain verified), and let audit lines (ids only by "
-    "design) skip the generic free-text scrubber or make scrub_text one pass over all hints"
+    "MISSED. Profiled (cProfile and timed statements): audit.record is one round trip (the head locked, "
+    "the event inserted and the head moved in one statement; PostgreSQL hashes the link under the lock): "
+    "~0.7 ms for that round trip and the server-side insert, ~0.3 ms for the after-commit JSON log line, "
+    "~0.2 ms more WAL at COMMIT. Fix: send the append in the same psycopg pipeline as the COMMIT "
+    "(app/db/session.py), so the audit event costs no round trip of its own"
 )
 
 
@@ -173,8 +171,8 @@ def _added_latency(ctx: Context, sessions: sessionmaker[Session], section: Secti
                              f"{len(cmp.measured)} vs {len(cmp.baseline)} writes"))
         added = audited - bare
         met = added <= 1.0 if p == 50 else None
-        note = ("p(audited) − p(plain): chain-head upsert + event insert + head update + SHA-256 "
-                "+ after-commit JSON log line")
+        note = ("p(audited) − p(plain): the chain append (one statement) + its WAL at COMMIT "
+                "+ the after-commit JSON log line")
         section.add(Row(metric=f"added latency per audited write p{p}", value=added, unit="ms",
                         target="≤ 1 ms" if p == 50 else None, met=met,
                         note=note + ("; " + ADDED_LATENCY_CAUSE if met is False else "")))
@@ -274,7 +272,7 @@ def _throughput(ctx: Context, db: BenchDatabase, section: Section) -> None:
                     baseline=single_rate, ratio=many_rate / single_rate,
                     note=f"baseline: 1 writer; threads of one process, one connection each; "
                          f"{many.committed} + {single.committed} events. One tenant's audited writes are serial "
-                         "by design: each holds the chain head's row lock from its head upsert to its COMMIT "
+                         "by design: each holds the chain head's row lock from its append to its COMMIT "
                          "(WAL flush included), so more writers queue rather than add throughput"))
     for p in (50, 99):
         queued, alone = percentile(many.latencies, p) * MS, percentile(single.latencies, p) * MS

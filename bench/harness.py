@@ -435,7 +435,7 @@ PROFILE_PARTS = (
     ("FastAPI response validation + JSON", ("serialize_response (", "_prepare_response_content (")),
     ("problem+json answers", ("app/problems.py", "app/errors.py")),
     ("edge middlewares (headers, CORS, parameters, body cap)", ("app/edge/http.py", "app/edge/client.py")),
-    ("BaseHTTPMiddleware (create_app's correlation id + 5xx hooks)", ("app/main.py", "starlette/middleware/base.py")),
+    ("correlation id + 5xx middleware", ("app/observability/http.py", "starlette/middleware/base.py")),
     ("threadpool hand-offs (sync dependencies + endpoint)", ("run_sync_in_worker_thread", "WorkerThread",
                                                            "anyio/to_thread.py", "starlette/concurrency.py",
                                                            "fastapi/concurrency.py")),

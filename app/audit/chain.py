@@ -76,6 +76,34 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     return ("".join([prefix + _json(get(name)) for prefix, name in _SLOTS]) + "}").encode()
 
 
+# The two chained fields only known under the chain head's lock sit next to each other in the
+# sorted order: `..."prev_hash":<prev>,"seq":<seq>,...`. `service.record` sends the rest of the
+# canonical text, rendered here, and lets PostgreSQL fill in the two values it reads under that
+# lock (see `link_canonical` for what it computes).
+_NAMES = [name for _, name in _SLOTS]
+_PREV_AT = _NAMES.index("prev_hash")
+assert _NAMES[_PREV_AT + 1] == "seq", "prev_hash and seq must be adjacent in the canonical form"
+
+
+def canonical_around_link(event: Mapping[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """`canonical(event)` cut around its link values: (before, between, after).
+
+    For a chain head's hash `prev_hash` (a string) and the next `seq` (an int), `link_canonical`
+    joins them into exactly `canonical({**event, "prev_hash": prev_hash, "seq": seq})`.
+    """
+    get = event.get
+    before = "".join([prefix + _json(get(name)) for prefix, name in _SLOTS[:_PREV_AT]]) + _SLOTS[_PREV_AT][0]
+    after = "".join([prefix + _json(get(name)) for prefix, name in _SLOTS[_PREV_AT + 2:]]) + "}"
+    return before.encode(), _SLOTS[_PREV_AT + 1][0].encode(), after.encode()
+
+
+def link_canonical(parts: tuple[bytes, bytes, bytes], prev_hash: str, seq: int) -> bytes:
+    """The canonical bytes from `canonical_around_link`'s parts and the link values; the SQL in
+    `service.record` computes the same: before || to_json(prev_hash) || between || seq || after."""
+    before, between, after = parts
+    return before + _json(prev_hash).encode() + between + int.__repr__(seq).encode() + after
+
+
 def event_hash(event: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(event)).hexdigest()
 

@@ -9,6 +9,7 @@ be recorded although the request's own work is rolled back: denied access, faile
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -16,15 +17,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import event, text, update
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import alerts
-from app.audit.chain import GENESIS, PLATFORM_TENANT, event_hash, plain
-from app.audit.models import AuditChainHead, AuditEvent
+from app.audit.chain import CHAINED_FIELDS, GENESIS, PLATFORM_TENANT, canonical_around_link, plain
+from app.audit.models import AuditEvent
 from app.db.session import DbContext, apply_context
+from app.observability.scrub import register_names
 
 log = logging.getLogger("palisade.audit")
+# Every audit line carries these field names; their values are scrubbed on every line as usual.
+register_names(("audit", *CHAINED_FIELDS, "hash"))
 
 
 class Category(StrEnum):
@@ -65,12 +69,49 @@ class Actor:
 
 ANONYMOUS = Actor(issuer=None, subject=None, user_id=None, role=None, type="anonymous")
 
-_ADVANCE_HEAD = text(
-    "insert into audit_chain_heads (tenant_id, seq, hash) values (:tenant_id, 1, :genesis) "
-    "on conflict (tenant_id) do update set seq = audit_chain_heads.seq + 1 "
-    "returning seq, hash"
+# One round trip appends the event and moves the chain head, in the caller's transaction (it was
+# three: head upsert, ORM insert of the event, head update):
+# - `head` locks the chain head's row (FOR UPDATE) until this transaction ends, so concurrent
+#   writers of one tenant queue here. Under READ COMMITTED a writer that had to wait reads the head
+#   as the writer before it committed it (PostgreSQL returns the newest version of a row it waited
+#   for), so sequence numbers stay gap-free and each event links to the one committed before it;
+#   the unique (tenant_id, seq) index would refuse a duplicate rather than fork the chain.
+# - `event` inserts the event as seq + 1, linked to the head's hash. Its hash is the SHA-256 of
+#   the canonical bytes: everything but the link is rendered in Python (`canonical_around_link`),
+#   and PostgreSQL puts in the two link values it read under the lock (`link_canonical` computes
+#   the same in Python; `palisade audit verify` recomputes every hash from the stored row).
+# - the outer UPDATE moves the head to the new event: the row `head` locked, changed once.
+# Casts to `text` (never `varchar(n)`, which would truncate) leave the length checks to the columns.
+_APPEND = (
+    "with head as materialized ("
+    " select seq, hash from audit_chain_heads where tenant_id = %(tenant_id)s for update"
+    "), event as ("
+    " insert into audit_events (tenant_id, id, seq, prev_hash, hash, occurred_at, category, action, outcome,"
+    " workspace_id, actor_type, actor_user_id, actor_issuer, actor_subject, actor_role, target_type, target_id,"
+    " client_ip, user_agent, correlation_id, trace_id, details)"
+    " select cast(%(tenant_id)s as uuid), cast(%(id)s as uuid), head.seq + 1, head.hash,"
+    " encode(sha256(cast(%(before)s as bytea)"
+    " || convert_to(cast(to_json(head.hash) as text) || cast(%(between)s as text) || cast(head.seq + 1 as text), 'UTF8')"
+    " || cast(%(after)s as bytea)), 'hex'),"
+    " cast(%(occurred_at)s as timestamptz), cast(%(category)s as text), cast(%(action)s as text), cast(%(outcome)s as text),"
+    " cast(%(workspace_id)s as uuid), cast(%(actor_type)s as text), cast(%(actor_user_id)s as uuid), cast(%(actor_issuer)s as text),"
+    " cast(%(actor_subject)s as text), cast(%(actor_role)s as text), cast(%(target_type)s as text), cast(%(target_id)s as text),"
+    " cast(%(client_ip)s as inet), cast(%(user_agent)s as text), cast(%(correlation_id)s as text), cast(%(trace_id)s as text),"
+    " cast(%(details)s as jsonb)"
+    " from head"
+    " returning seq, prev_hash, hash"
+    ")"
+    " update audit_chain_heads set seq = event.seq, hash = event.hash from event"
+    " where audit_chain_heads.tenant_id = %(tenant_id)s"
+    " returning event.seq, event.prev_hash, event.hash"
 )
-
+# A chain's first event finds no head: this creates it empty (seq 0, the genesis hash), in the
+# same transaction, and the append runs again. A concurrent first writer's head makes this wait
+# for that writer's transaction, then do nothing; the append then queues behind its lock.
+_START_CHAIN = (
+    "insert into audit_chain_heads (tenant_id, seq, hash) values (%(tenant_id)s, 0, %(genesis)s)"
+    " on conflict (tenant_id) do nothing"
+)
 
 
 def _trace_id() -> str | None:
@@ -99,40 +140,36 @@ def record(
     target_type: str | None = None,
     target_id: uuid.UUID | str | None = None,
     details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event to the tenant's chain inside the session's transaction."""
-    # Locks the chain head until this transaction ends: concurrent writers of one tenant queue here,
-    # so sequence numbers stay gap-free and each event links to the one committed before it.
-    seq, prev_hash = session.execute(_ADVANCE_HEAD, {"tenant_id": tenant_id, "genesis": GENESIS}).one()
-    evt = AuditEvent(
-        tenant_id=tenant_id,
-        id=uuid.uuid4(),
-        seq=seq,
-        prev_hash=prev_hash,
-        occurred_at=datetime.now(UTC),
-        category=category.value,
-        action=action,
-        outcome=outcome,
-        workspace_id=workspace_id,
-        actor_type=actor.type,
-        actor_user_id=actor.user_id,
-        actor_issuer=actor.issuer,
-        actor_subject=actor.subject,
-        actor_role=actor.role,
-        target_type=target_type,
-        target_id=str(target_id) if target_id is not None else None,
-        client_ip=_ip(meta.client_ip),
-        user_agent=(meta.user_agent or "")[:512] or None,
-        correlation_id=meta.correlation_id,
-        trace_id=_trace_id(),
-        details=details or {},
-    )
-    evt.hash = event_hash(as_dict(evt))
-    session.add(evt)
-    session.flush()
-    session.execute(update(AuditChainHead).where(AuditChainHead.tenant_id == tenant_id).values(hash=evt.hash))
-    session.info.setdefault("audit_pending", []).append(as_dict(evt))
-    return evt
+) -> dict[str, Any]:
+    """Append one event to the tenant's chain inside the session's transaction.
+
+    Returns the event as plain data (`as_dict`'s shape: what is hashed, logged and exported), a
+    copy of what is logged once the transaction commits. No ORM object: one Core statement.
+    """
+    event: dict[str, Any] = {
+        "tenant_id": tenant_id, "seq": None, "id": uuid.uuid4(), "occurred_at": datetime.now(UTC),
+        "category": category.value, "action": action, "outcome": outcome, "workspace_id": workspace_id,
+        "actor_type": actor.type, "actor_user_id": actor.user_id, "actor_issuer": actor.issuer,
+        "actor_subject": actor.subject, "actor_role": actor.role, "target_type": target_type,
+        "target_id": str(target_id) if target_id is not None else None, "client_ip": _ip(meta.client_ip),
+        "user_agent": (meta.user_agent or "")[:512] or None, "correlation_id": meta.correlation_id,
+        "trace_id": _trace_id(), "details": details or {}, "prev_hash": None, "hash": None,
+    }
+    before, between, after = canonical_around_link(event)
+    # `details` as the JSONB type's own serializer (json.dumps) would have written it.
+    params = {**event, "details": json.dumps(event["details"]), "before": before, "between": between.decode(), "after": after}
+    # Driver-level SQL through the session's connection: the engine's hooks still send BEGIN and
+    # the tenant context ahead of it when this is the transaction's first statement.
+    connection = session.connection()
+    row = connection.exec_driver_sql(_APPEND, params).one_or_none()
+    if row is None:
+        connection.exec_driver_sql(_START_CHAIN, {"tenant_id": tenant_id, "genesis": GENESIS})
+        row = connection.exec_driver_sql(_APPEND, params).one_or_none()
+        if row is None:  # only a snapshot older than the head (REPEATABLE READ) can get here
+            raise RuntimeError(f"audit chain head of tenant {tenant_id} is not visible to this transaction")
+    event["seq"], event["prev_hash"], event["hash"] = row
+    session.info.setdefault("audit_pending", []).append(event)
+    return dict(event)
 
 
 def record_vendor_action(session: Session, *, principal: Any, meta: RequestMeta, action: str, details: dict[str, Any] | None = None) -> None:

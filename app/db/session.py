@@ -183,14 +183,15 @@ def make_engine(url: str, *, pool_size: int = 10, ping_after: float = 30.0) -> E
     @event.listens_for(engine, "checkout")
     def _checked_out(dbapi: Any, record: Any, proxy: Any) -> None:
         _drop_context(record.info)
+        if dbapi.pgconn.transaction_status == TransactionStatus.IDLE:
+            # Back to our own BEGIN (SQLAlchemy restores READ COMMITTED after an isolation level was
+            # asked for); first, so that the ping below cannot open a transaction.
+            dbapi.autocommit, dbapi.isolation_level = True, None
         if time.monotonic() - record.info.get(_IDLE_SINCE, math.inf) > ping_after or dbapi.closed or dbapi.broken:
             try:
                 dbapi.execute(";")
             except psycopg.Error:
                 raise DisconnectionError() from None  # the pool opens a fresh connection instead
-        if dbapi.pgconn.transaction_status == TransactionStatus.IDLE:
-            # Back to our own BEGIN (SQLAlchemy restores READ COMMITTED after an isolation level was asked for).
-            dbapi.autocommit, dbapi.isolation_level = True, None
 
     event.listen(engine, "do_execute", _do_execute)
     event.listen(engine, "do_execute_no_params", _do_execute_no_params)

@@ -35,6 +35,26 @@ Design notes
 - Local refusal cache: once a bucket is known to be full (remaining 0, or refused), this process
   refuses it without a database round trip until the computed retry time. That is exact, not an
   approximation: counts only grow and the estimate only decays, so the database would refuse too.
+- Repeat refusals are cheap (issue 9, noisy neighbour): a refused request used to cost half a
+  full one (~5 ms of CPU: the middleware stack, routing, JWT verification, two thread hand-offs and
+  an exception), so a tenant flooding at 10x its limit kept a worker 40-70% busy refusing it. When
+  `check()` refuses an authenticated caller on a per-caller class, the refusal is also remembered
+  under SHA-256(method, path without query, bearer token), length-prefixed, until the same exact
+  retry time as the bucket (capped at the token's `exp`, so an expired token gets its 401 again).
+  `RateLimitMiddleware` answers a request with that key with the same 429 problem+json
+  (`Retry-After` and RateLimit-* with the remaining wait) before anything else of ours runs: no
+  token verification, no routing, no thread hand-off, no database. Why that is safe: only a token
+  that was verified and then refused is ever remembered, and a hit needs the exact token bytes, so
+  a forged, altered or someone else's token can never cause a refusal for another caller (to
+  collide one would have to present this caller's token, i.e. be this caller, or find a SHA-256
+  collision); the digest is stored, never the token; an entry ends at the exact retry time (counts
+  only grow, so the store would refuse until then too); the cache is per process and bounded
+  (expired entries go first, then the oldest). Keyed by method and path, not by route class: the
+  key is known before routing, and a request of this caller to another path takes the normal path
+  (where the bucket's own cache above still saves the database round trip). The middleware sits
+  inside CORS and the security headers, so such a 429 is still readable by a browser and hardened.
+  Refusals answered this way still feed the saturation alert (coalesced, below) under the key the
+  first refusal used.
 - Keys: the verified principal (`issuer|subject`) when authenticated, else the client address from
   `app.edge.client.request_meta` (trusted proxies honoured there; IPv6 grouped by /64, one host
   holds a whole /64). Bucket names carry a SHA-256 digest of the identity, never the identity.
@@ -75,10 +95,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import jwt
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -329,15 +351,22 @@ class RateLimiterUnavailable(Exception):
     """The store failed: the request is refused (503), never let through unlimited."""
 
 
-class _Blocked:
-    """Buckets known to be full, until when (monotonic): refused here without asking the store."""
+_T = TypeVar("_T")
+
+
+class _Blocked(Generic[_T]):
+    """Keys (buckets, or refused token+request digests) known to be refused, until when (monotonic),
+    with what to answer: refused here without asking the store. Bounded: expired first, then oldest go."""
 
     def __init__(self, max_entries: int = 10_000) -> None:
         self._lock = threading.Lock()
-        self._until: dict[str, tuple[float, Decision]] = {}
+        self._until: dict[str, tuple[float, _T]] = {}
         self._max = max_entries
 
-    def get(self, bucket: str, now: float) -> tuple[float, Decision] | None:
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def get(self, bucket: str, now: float) -> tuple[float, _T] | None:
         with self._lock:
             entry = self._until.get(bucket)
             if entry is not None and entry[0] <= now:
@@ -345,7 +374,7 @@ class _Blocked:
                 return None
             return entry
 
-    def put(self, bucket: str, until: float, decision: Decision, now: float) -> None:
+    def put(self, bucket: str, until: float, decision: _T, now: float) -> None:
         with self._lock:
             if bucket not in self._until and len(self._until) >= self._max:
                 for key in [k for k, (u, _) in self._until.items() if u <= now]:
@@ -353,6 +382,34 @@ class _Blocked:
                 while len(self._until) >= self._max:  # still full: forget the oldest entries
                     del self._until[next(iter(self._until))]
             self._until[bucket] = (until, decision)
+
+
+@dataclass(frozen=True)
+class _TokenRefusal:
+    """What a remembered refusal of a verified token answers with, and whose alert it feeds."""
+
+    decision: Decision
+    alert_key: str
+    details: dict[str, Any]
+
+
+def bearer_token(request: Request) -> str | None:
+    """The bearer token exactly as `get_principal` (FastAPI's HTTPBearer) takes it from the request."""
+    authorization = request.headers.get("Authorization")
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
+def refusal_key(method: str, path: str, token: str) -> str:
+    """SHA-256 over the method, the path (no query string) and the token, each length-prefixed."""
+    h = hashlib.sha256()
+    for part in (method, path, token):
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
 
 
 class _Saturation:
@@ -438,7 +495,8 @@ class RateLimiter:
         self.limits = resolve_limits(settings)
         self.window = int(window_seconds)
         self.store = store
-        self._blocked = _Blocked()
+        self._blocked: _Blocked[Decision] = _Blocked()
+        self._refused: _Blocked[_TokenRefusal] = _Blocked()
         self._saturation = _Saturation()
         self._prune_interval = prune_interval
         self._prune_lock = threading.Lock()
@@ -466,14 +524,34 @@ class RateLimiter:
         route = request.scope.get("route")
         name = route_class_for(request.method, getattr(route, "path", request.url.path), getattr(route, "openapi_extra", None))
         identity = self.identity_of(request, CLASSES[name])
-        decision = self._hit(name, self.bucket(name, identity), force=False)
+        bucket = self.bucket(name, identity)
+        decision = self._hit(name, bucket, force=False)
         request.state.rate_limit = decision
         if not decision.allowed:
             scope = getattr(request.state, "authz_scope", None)
             key = str(scope.tenant_id) if scope is not None else identity.alert_key
-            self._saturation.refused(key, {"class": name, "route": f"{request.method} {getattr(route, 'path', '')}"})
+            details = {"class": name, "route": f"{request.method} {getattr(route, 'path', '')}"}
+            self._saturation.refused(key, details)
+            if identity.kind == "user":
+                self._remember_refusal(request, bucket, key, details)
             raise RateLimited(decision)
         return decision
+
+    def token_refused(self, method: str, path: str, request: Request) -> Decision | None:
+        """The refusal for this exact verified-and-refused token on `method path`, while it lasts
+        (local knowledge only; the middleware's entry point, before the token is verified)."""
+        if not len(self._refused):  # nothing remembered: no hashing on the normal path
+            return None
+        token = bearer_token(request)
+        if token is None:
+            return None
+        now = time.monotonic()
+        entry = self._refused.get(refusal_key(method, path, token), now)
+        if entry is None:
+            return None
+        until, refusal = entry
+        self._saturation.refused(refusal.alert_key, refusal.details)
+        return self._remaining(until, refusal.decision, now)
 
     def auth_failure_blocked(self, address: str | None) -> Decision | None:
         """The refusal for this address while it is over its failed-authentication limit (local knowledge only)."""
@@ -496,10 +574,33 @@ class RateLimiter:
         entry = self._blocked.get(bucket, now)
         if entry is None:
             return None
-        until, template = entry
+        return self._remaining(entry[0], entry[1], now)
+
+    @staticmethod
+    def _remaining(until: float, template: Decision, now: float) -> Decision:
         wait = max(1, math.ceil(until - now))
         return Decision(route_class=template.route_class, allowed=False, limit=template.limit, remaining=0,
                         reset=wait, retry_after=wait, window=template.window)
+
+    def _remember_refusal(self, request: Request, bucket: str, alert_key: str, details: dict[str, Any]) -> None:
+        """After `check()` refused a verified caller: remember it under the token+request digest
+        until the bucket's retry time (never past the token's expiry)."""
+        token = bearer_token(request)
+        now = time.monotonic()
+        entry = self._blocked.get(bucket, now)
+        if token is None or entry is None:
+            return
+        until, template = entry
+        try:  # the token was verified by `get_principal`: its claims are trustworthy
+            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        except jwt.PyJWTError:
+            return
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            return
+        until = min(until, now + (exp - time.time()))
+        if until > now:
+            key = refusal_key(request.method, request.scope["path"], token)
+            self._refused.put(key, until, _TokenRefusal(template, alert_key, details), now)
 
     def _hit(self, route_class: str, bucket: str, *, force: bool) -> Decision:
         if not force:
@@ -554,8 +655,9 @@ def _refusal(decision: Decision) -> JSONResponse:
 
 
 class RateLimitMiddleware:
-    """Refuses addresses over their failed-authentication limit before anything else runs, counts
-    every 401 per address, and puts the RateLimit-* headers on every limited response."""
+    """Refuses addresses over their failed-authentication limit, and repeats of a verified token's
+    refusal on the same method and path, before anything else runs; counts every 401 per address,
+    and puts the RateLimit-* headers on every limited response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -567,7 +669,7 @@ class RateLimitMiddleware:
         limiter = limiter_of(scope["app"])
         request = Request(scope)
         address = request_meta(request).client_ip
-        blocked = limiter.auth_failure_blocked(address)
+        blocked = limiter.auth_failure_blocked(address) or limiter.token_refused(scope["method"], scope["path"], request)
         if blocked is not None:
             await _refusal(blocked)(scope, receive, send)
             return

@@ -7,7 +7,11 @@
   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`. The OTLP exporter is the http/protobuf one and reads its own
   `OTEL_EXPORTER_OTLP_*` settings (endpoint, headers, timeout, certificate). Sampling is the SDK's
   `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default: parentbased_always_on). In development
-  with none of these set nothing leaves the process.
+  with none of these set nothing leaves the process — and nothing is recorded either: until a span
+  processor is attached (an exporter from the settings, or `configure_tracing(exporter=...)`), every
+  span is a non-recording one. It still has a fresh trace id (or the caller's, from `traceparent`),
+  so log lines and audit rows keep theirs; what is skipped is building, timing and ending span
+  objects nobody reads (measured ~1 ms of CPU per API request).
 - `instrument_app()` — the FastAPI server span per request (the `/health/*` probes excluded).
 - `instrument_engine()` — one client span per SQL statement, through SQLAlchemy's events. Only the
   statement text with its placeholders is recorded, never the bound parameters (they hold tenant
@@ -26,17 +30,20 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import format_trace_id
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, format_trace_id
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes, AttributeValue
 
 if TYPE_CHECKING:
     import httpx
@@ -105,6 +112,47 @@ def span_processors_from_env() -> list[BatchSpanProcessor]:
     return processors
 
 
+class _WhileExporting(Sampler):
+    """The configured sampler once something exports spans; until then, no span is recorded."""
+
+    def __init__(self, delegate: Sampler) -> None:
+        self.delegate = delegate
+        self.exporting = False
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        sampler = self.delegate if self.exporting else ALWAYS_OFF
+        return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"WhileExporting{{{self.delegate.get_description()}}}"
+
+
+class _Provider(TracerProvider):
+    """The SDK provider, recording spans only once a span processor (an exporter) is attached.
+
+    Without one the SDK would still build, time and end every span, only to hand it to nobody.
+    A DROP decision makes a non-recording span that carries a valid trace id all the same.
+    """
+
+    def __init__(self, *, resource: Resource) -> None:
+        super().__init__(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER(_ARG)
+        self._gate = _WhileExporting(self.sampler)
+        self.sampler = self._gate  # read by every tracer this provider makes
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._gate.exporting = True
+
+
 def configure_tracing(*, service_name: str = "palisade", exporter: SpanExporter | None = None) -> TracerProvider:
     """The process's tracer provider: created and set globally on the first call, returned after.
 
@@ -121,7 +169,7 @@ def configure_tracing(*, service_name: str = "palisade", exporter: SpanExporter 
                 _provider = current
             else:
                 # No sampler argument: the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
-                provider = TracerProvider(resource=_resource(service_name))
+                provider = _Provider(resource=_resource(service_name))
                 for processor in span_processors_from_env():
                     provider.add_span_processor(processor)
                 trace.set_tracer_provider(provider)

@@ -193,7 +193,7 @@ class TestDualPersistence:
                              category=Category.configuration_change, action="test.dual")
                 if not commit:
                     tx.rollback()
-            return evt.id
+            return evt["id"]
 
     def test_one_log_line_after_commit(self, sessions, world: World, caplog):
         with caplog.at_level(logging.INFO, logger="palisade.audit"):

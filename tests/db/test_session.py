@@ -129,3 +129,18 @@ class TestLostServer:
         with pytest.raises(OperationalError):
             read()
         assert read()  # a fresh connection, no PendingRollbackError, no stuck pool
+
+
+class TestIdleConnections:
+    def test_an_idle_connection_is_pinged_and_still_serves_autocommit_and_transactions(self, database) -> None:
+        engine = make_engine(database.app_url, pool_size=1, ping_after=0)
+        try:
+            for _ in range(2):  # the second checkout finds it idle "long enough" and pings it first
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    assert conn.execute(text("select 1")).scalar() == 1
+                sessions = make_session_factory(engine)
+                with sessions() as s, s.begin():
+                    apply_context(s, DbContext(tenant_id=uuid.uuid4()))
+                    assert s.scalar(SETTING)
+        finally:
+            engine.dispose()

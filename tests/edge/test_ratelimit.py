@@ -6,16 +6,20 @@ import itertools
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, pool, text
+from sqlalchemy import Engine, create_engine, event, pool, text
 
+from app.auth.oidc import TokenVerifier
 from app.config import Settings
 from app.edge import ratelimit
 from app.edge.ratelimit import Counts, MemoryStore, PostgresStore, decide, next_allowed_in, route_class_for
@@ -398,3 +402,107 @@ def test_refusals_sit_inside_the_edge_middlewares(database: TestDatabase, idp: T
     names = [m.cls.__name__ for m in app.user_middleware]
     assert names.count("RateLimitMiddleware") == 1
     assert names.index("CorsMiddleware") < names.index("RateLimitMiddleware") < names.index("BodyLimitMiddleware")
+
+
+# ---- repeat refusals answered before the token is verified (issue 9, noisy neighbour) ----------
+
+
+@contextmanager
+def statements_on(engine: Engine) -> Iterator[list[str]]:
+    """The statements the app runs on its engine meanwhile (the alert engine's writes left out:
+    they are coalesced and flushed from their own thread on a timer)."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "alert_" not in statement:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def verifier_rejecting_every_token(app: FastAPI, settings: Settings) -> Iterator[None]:
+    """A real verifier that knows no issuer: any token that reaches it is a 401."""
+    original, rejecting = app.state.verifier, TokenVerifier(settings.model_copy(update={"issuers": []}))
+    app.state.verifier = rejecting
+    try:
+        yield
+    finally:
+        app.state.verifier = original
+        rejecting.close()
+
+
+def test_a_repeated_refusal_is_answered_before_the_token_is_verified(database: TestDatabase, idp: TestIdP) -> None:
+    app, settings = build(database, idp, rate_limit_per_minute=2)
+    with serve(app) as client:
+        caller, neighbour = vendor(client, idp), vendor(client, idp)
+        for _ in range(2):
+            assert caller.get("/api/v1/tenants").status_code == 200
+        first = caller.get("/api/v1/tenants")  # refused by the limiter after verification: remembered
+        assert_limited(first, limit=2)
+        # Another caller on the same path, and another class of this caller, are untouched.
+        assert neighbour.get("/api/v1/tenants").status_code == 200
+        assert caller.get("/api/v1/audit-events/export").status_code == 200
+        with verifier_rejecting_every_token(app, settings), statements_on(app.state.engine) as statements:
+            # The same token, method and path (the query string does not matter): 429 without the
+            # token reaching the verifier (it would be a 401 now), without routing or the database.
+            for url in ("/api/v1/tenants", "/api/v1/tenants?page=2"):
+                again = caller.get(url)
+                assert_limited(again, limit=2)
+                assert int(again.headers["Retry-After"]) <= int(first.headers["Retry-After"])
+                assert again.headers["RateLimit-Reset"] == again.headers["Retry-After"]
+                assert "X-Correlation-ID" in again.headers  # still inside the outer middlewares
+            assert statements == []
+            # Everything else takes the normal path, and so meets the verifier:
+            assert neighbour.get("/api/v1/tenants").status_code == 401  # another token, same path
+            assert caller.get("/api/v1/tenants/" + str(uuid.uuid4())).status_code == 401  # same token, other path
+            assert caller.post("/api/v1/tenants", json={}).status_code == 401  # same token and path, other method
+            # The same subject with other token bytes (here: signed by a key the IdP never published).
+            forged = idp.forge(jwt.decode(caller.token, options={"verify_signature": False}),
+                               key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+            assert Caller(client, caller.subject, forged).get("/api/v1/tenants").status_code == 401
+            assert statements  # the 401s were counted against the address: the normal path ran
+        # Back to the real verifier: the other path is refused by the caller's bucket, as before.
+        assert_limited(caller.get("/api/v1/tenants/" + str(uuid.uuid4())), limit=2)
+
+
+def test_a_remembered_refusal_ends_at_the_retry_time(database: TestDatabase, idp: TestIdP) -> None:
+    app, settings = build(database, idp, window=4, rate_limit_per_minute=2)
+    with serve(app) as client:
+        caller = vendor(client, idp)
+        for _ in range(2):
+            assert caller.get("/api/v1/tenants").status_code == 200
+        first = caller.get("/api/v1/tenants")
+        refused_at = time.monotonic()
+        assert_limited(first, limit=2, window=4)
+        retry_after = int(first.headers["Retry-After"])
+        assert retry_after >= 3  # 2 hits in a 4 s window: the next fits 2-6 s later
+        with verifier_rejecting_every_token(app, settings):  # answered from the remembered refusal
+            second = caller.get("/api/v1/tenants")
+            time.sleep(1.05)
+            third = caller.get("/api/v1/tenants")
+        assert_limited(second, limit=2, window=4)
+        assert_limited(third, limit=2, window=4)
+        assert int(third.headers["Retry-After"]) <= int(second.headers["Retry-After"]) - 1
+        # At the retry time the entry is gone and the request is counted again (and admitted).
+        time.sleep(max(0.0, refused_at + retry_after + 0.2 - time.monotonic()))
+        r = caller.get("/api/v1/tenants")
+        assert r.status_code == 200, r.text
+        assert r.headers["RateLimit-Limit"] == "2"
+
+
+def test_a_remembered_refusal_ends_when_the_token_expires(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, rate_limit_per_minute=1, jwt_leeway_seconds=0)
+    with serve(app) as client:
+        claims = jwt.decode(vendor(client, idp).token, options={"verify_signature": False})
+        expires = int(time.time()) + 3
+        short = Caller(client, claims["sub"], idp.forge({**claims, "exp": expires}))  # signed with the IdP's own key
+        assert short.get("/api/v1/tenants").status_code == 200
+        assert_limited(short.get("/api/v1/tenants"), limit=1)  # retry in about a minute; the token ends sooner
+        time.sleep(max(0.0, expires + 1.1 - time.time()))
+        r = short.get("/api/v1/tenants")
+        assert r.status_code == 401, r.text  # verified again (and expired), not a remembered 429

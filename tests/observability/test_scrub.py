@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
 
+from app.observability import scrub as scrub_module
 from app.observability.scrub import REDACTED, is_secret_key, scrub, scrub_text
 
 
@@ -283,3 +285,63 @@ class TestHostileInput:
     def test_one_megabyte_line(self, seed: str) -> None:
         text = (seed * (1_000_000 // len(seed) + 1))[:1_000_000]
         assert isinstance(scrub_text(text), str)
+
+
+def _scrub_every_rule(text: str) -> str:
+    """`scrub_text` as defined, without its one-pass hint filter: each rule's own hint test."""
+    lowered = text.lower()
+    for rule in scrub_module._ALL_RULES:
+        if any(hint in lowered for hint in rule.hints):
+            text = rule.pattern.sub(rule.replacement, text)
+    return text
+
+
+_HINTS = sorted({hint for rule in scrub_module._ALL_RULES for hint in rule.hints})
+
+
+class TestHintFilter:
+    """The one-pass filter only skips text in which no rule's hint occurs: the result never changes."""
+
+    @pytest.mark.parametrize("hint", _HINTS)
+    def test_every_hint_is_found_anywhere_in_any_case(self, hint: str) -> None:
+        for text in (hint, f"x{hint}", f"{hint}y", f"a b {hint.upper()} c", f"{hint[:-1]} {hint.title()}"):
+            assert scrub_module._ANY_HINT.search(text.lower()) is not None, text
+
+    def test_text_without_hints_is_not_searched(self) -> None:
+        for text in ("01000000-0000-0000-0000-000000000000", "content_change", "tenant_id", "2026-01-02T03:04:05.678901+00:00"):
+            assert scrub_module._ANY_HINT.search(text.lower()) is None
+
+    @pytest.mark.parametrize("text", [leak.text for leak in LEAKS] + LOOK_ALIKES)
+    def test_corpus_scrubs_as_without_the_filter(self, text: str) -> None:
+        assert scrub_text(text) == _scrub_every_rule(text)
+
+    def test_random_text_scrubs_as_without_the_filter(self) -> None:
+        rng = random.Random(20261204)
+        pieces = [*_HINTS, *(leak.text for leak in LEAKS), *LOOK_ALIKES, "=", ": ", '"', "'", " ", "İ", "ß", "Ü"]
+        alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:/@%=\"'\\\n~+,;&<>(){}[]İßü"
+        for _ in range(5000):
+            parts = [rng.choice(pieces) if rng.random() < 0.5 else "".join(rng.choices(alphabet, k=rng.randrange(20)))
+                     for _ in range(rng.randrange(1, 6))]
+            text = "".join(parts)
+            text = text.upper() if rng.random() < 0.2 else text
+            assert scrub_text(text) == _scrub_every_rule(text), text
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["tenant_id", "Client_Secret", "client-secret", "pass_word", "PASS.WORD2", "api key", "Tøken", "tökén", "token_",
+     "_", "", "sig_1", "İ_token", "x__auth__", "SESSION_ID9", "api_key_v2", "a1b2", "émail", "KEY\u0130"],
+)  # fmt: skip
+def test_secret_names_normalize_as_defined(name: str) -> None:
+    normalized = scrub_module._NOT_ALNUM.sub("", name.lower()).rstrip("0123456789")
+    assert is_secret_key(name) == normalized.endswith(scrub_module._SECRET_SUFFIXES)
+
+
+def test_registered_names_scrub_as_unregistered_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    event = {"password": "hunter2", "tenant_id": "t", "event": f"to alice@example.com {JWT}", "api_key": "", "note": "x"}
+    monkeypatch.setattr(scrub_module, "_KNOWN_NAMES", {})
+    plain = scrub(event)
+    scrub_module.register_names([*event, "bob@example.com"])
+    assert scrub(event) == plain == {"password": REDACTED, "tenant_id": "t", "event": "to [REDACTED:email] [REDACTED:jwt]",
+                                     "api_key": "", "note": "x"}
+    assert scrub({"bob@example.com": 1}) == {"[REDACTED:email]": 1}

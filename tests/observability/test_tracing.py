@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_trace_id
 from sqlalchemy import text
@@ -229,6 +229,28 @@ def test_current_trace_id_and_span_attribute(spans: InMemorySpanExporter) -> Non
     assert trace_id is not None and len(trace_id) == 32 and int(trace_id, 16)
     (finished,) = spans.get_finished_spans()
     assert finished.attributes[CORRELATION_ID_ATTRIBUTE] == "abc-123"
+
+
+def test_without_a_span_processor_nothing_is_recorded_yet_trace_ids_exist() -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    from app.observability.tracing import _Provider
+
+    provider = _Provider(resource=Resource.create({}))  # as configure_tracing builds it, before any exporter
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("unexported") as span:
+        assert not span.is_recording()
+        trace_id = current_trace_id()
+        with tracer.start_as_current_span("child") as child:
+            assert child.get_span_context().trace_id == span.get_span_context().trace_id
+    assert trace_id is not None and len(trace_id) == 32 and int(trace_id, 16)
+
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # an exporter: spans are recorded from now on
+    with provider.get_tracer("test").start_as_current_span("exported") as span:
+        assert span.is_recording()
+    assert [s.name for s in exporter.get_finished_spans()] == ["exported"]
+    provider.shutdown()
 
 
 # --- export settings: nothing by default, OTLP/HTTP protobuf when the OTEL_* settings say so ---
