@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from bench.dataset import point_users_at
-from bench.kit import ROOT, Context, execute_autocommit
+from bench.kit import ROOT, Context, Section, execute_autocommit
 from tests.support.idp import TestIdP, start_idp
 
 AUDIENCE = "palisade-bench"
@@ -137,10 +139,22 @@ def identities(ctx: Context, count: int, workdir: Path) -> Iterator[tuple[TestId
         idp.stop()
 
 
+def with_application_name(url: str, application_name: str) -> str:
+    """`url` with `application_name` added to its query (which may already name a socket host)."""
+    return make_url(url).update_query_dict({"application_name": application_name}).render_as_string(hide_password=False)
+
+
+def in_workdir(name: str, body: Callable[[Context, Path], Section], ctx: Context) -> Section:
+    """Run a benchmark with a temporary working directory: configs, scripts with tokens, logs and
+    client samples live and die there; only the profiles are kept, next to the results."""
+    with tempfile.TemporaryDirectory(prefix=f"palisade-bench-{name}-") as tmp:
+        return body(ctx, Path(tmp))
+
+
 def secured_settings(ctx: Context, idp: TestIdP, *, per_minute: int, application_name: str) -> dict[str, Any]:
     """The real app's settings: the app role on the data set, the test IdP, every limit at `per_minute`."""
     return {
-        "database_url": f"{ctx.dataset.db.app_url}?application_name={application_name}",
+        "database_url": with_application_name(ctx.dataset.db.app_url, application_name),
         "issuers": [{"issuer": idp.issuer, "audience": idp.audience}],
         "cors_allow_origins": [ORIGIN],
         "rate_limit_per_minute": per_minute,

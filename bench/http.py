@@ -43,7 +43,6 @@ from __future__ import annotations
 import os
 import secrets
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,12 +59,14 @@ from bench.harness import (
     cpu_seconds,
     ensure_wrk,
     identities,
+    in_workdir,
     machine_busy_seconds,
     py_spy,
     secured_settings,
     wait_for_backends_gone,
     wal_delta,
     wal_snapshot,
+    with_application_name,
     wrk,
     wrk_script,
 )
@@ -196,10 +197,7 @@ def _median(rounds: list[dict[str, Any]], key: str) -> float:
 
 
 def run(ctx: Context) -> Section:
-    # Working files (configs, scripts with tokens, logs, client samples) live and die in a temporary
-    # directory; only the profiles are kept, next to the results.
-    with tempfile.TemporaryDirectory(prefix=f"palisade-bench-{NAME}-") as tmp:
-        return _run(ctx, Path(tmp))
+    return in_workdir(NAME, _run, ctx)
 
 
 def _run(ctx: Context, workdir: Path) -> Section:
@@ -231,7 +229,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
                 "kind": "secured", "application_name": secured_name,
                 "settings": secured_settings(ctx, idp, per_minute=UNLIMITED, application_name=secured_name)}
             configs[f"bare{suffix}"] = {"kind": "bare", "application_name": bare_name,
-                                        "database_url": f"{ctx.dataset.db.admin_url}?application_name={bare_name}"}
+                                        "database_url": with_application_name(ctx.dataset.db.admin_url, bare_name)}
         rounds: dict[str, list[dict[str, Any]]] = {"secured": [], "bare": []}
         with app_servers(configs, workdir, core=app_core) as servers:
             # First, while no other server of ours has touched the database (none has statistics pending).

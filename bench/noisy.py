@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from bench.harness import (
     describe_profile,
     ensure_wrk,
     identities,
+    in_workdir,
     machine_busy_seconds,
     open_loop,
     py_spy,
@@ -160,10 +160,7 @@ class Scenario:
 
 
 def run(ctx: Context) -> Section:
-    # Working files (configs, scripts with tokens, logs, client samples) live and die in a temporary
-    # directory; only the profiles are kept, next to the results.
-    with tempfile.TemporaryDirectory(prefix=f"palisade-bench-{NAME}-") as tmp:
-        return _run(ctx, Path(tmp))
+    return in_workdir(NAME, _run, ctx)
 
 
 def _run(ctx: Context, workdir: Path) -> Section:
