@@ -354,7 +354,7 @@ def _build_chain(ctx: Context, events: int) -> tuple[BenchDatabase, uuid.UUID, f
     marker = f"palisade bench audit chain v{LOADER_VERSION}: {events} events, complete"
     rng = random.Random(20261204 + events)
     tenant_id = uuid.UUID(int=rng.getrandbits(128), version=4)
-    if server.exists(name, marker=marker):
+    if server.finished(name, marker):
         return server.database(name), tenant_id, None
     started = time.perf_counter()
     db = server.create(name)

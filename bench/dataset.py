@@ -65,7 +65,7 @@ def ensure_dataset(server: BenchServer, scale: Scale) -> Dataset:
     name = f"palisade_bench_data_{fingerprint(scale)}"
     marker = f"palisade bench data set v{LOADER_VERSION}: complete"
     load_seconds = None
-    if not server.exists(name, marker=marker):
+    if not server.finished(name, marker):
         started = time.perf_counter()
         db = server.create(name)
         _load(db, scale)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.edge.fairshare import FairScheduler
+from bench.kit import percentile
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fairshare.json"
 
@@ -71,13 +72,6 @@ class Config:
     noisy_factor: float = 10.0  # tenant A's outstanding jobs, in multiples of its fair share
     b_load: float = 0.5  # tenant B's arrival rate, as a fraction of its fair share's throughput
     seed: int = 7
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def _summary(latencies: list[float]) -> dict[str, Any]:

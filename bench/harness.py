@@ -145,8 +145,11 @@ def with_application_name(url: str, application_name: str) -> str:
 
 
 def in_workdir(name: str, body: Callable[[Context, Path], Section], ctx: Context) -> Section:
-    """Run a benchmark with a temporary working directory: configs, scripts with tokens, logs and
-    client samples live and die there; only the profiles are kept, next to the results."""
+    """Run an HTTP benchmark: `wrk` present, the results folder made, and a temporary working
+    directory where configs, scripts with tokens, logs and client samples live and die (only the
+    profiles are kept, next to the results)."""
+    ensure_wrk()
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"palisade-bench-{name}-") as tmp:
         return body(ctx, Path(tmp))
 

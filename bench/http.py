@@ -57,7 +57,6 @@ from bench.harness import (
     app_servers,
     cores,
     cpu_seconds,
-    ensure_wrk,
     identities,
     in_workdir,
     machine_busy_seconds,
@@ -204,8 +203,6 @@ def _run(ctx: Context, workdir: Path) -> Section:
     section = Section(NAME, TITLE)
     scale = ctx.scale
     app_core, load_core = cores()
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    ensure_wrk()
     seconds = max(1, round(scale.http_seconds))
     warmup = max(1, round(scale.http_seconds / 3))
     superuser = ctx.dataset.db.superuser_db_url

@@ -237,16 +237,13 @@ class BenchServer:
             f"CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE NOSUPERUSER BYPASSRLS; END IF; END $$",
         )
 
-    def exists(self, name: str, *, marker: str | None = None) -> bool:
-        """The database exists (and, with `marker`, was finished: its comment says so)."""
+    def finished(self, name: str, marker: str) -> bool:
+        """The database exists and was finished: its comment is `marker` (set by `mark`)."""
         found = execute_autocommit(
             self.superuser_url,
             "select shobj_description(oid, 'pg_database') from pg_database where datname = :name",
             params={"name": name},
         )[0]
-        if marker is None:
-            return bool(execute_autocommit(self.superuser_url, "select count(*) from pg_database where datname = :name",
-                                           params={"name": name})[0])
         return found == marker
 
     def create(self, name: str) -> BenchDatabase:

@@ -47,7 +47,6 @@ from bench.harness import (
     app_servers,
     cores,
     describe_profile,
-    ensure_wrk,
     identities,
     in_workdir,
     machine_busy_seconds,
@@ -167,8 +166,6 @@ def _run(ctx: Context, workdir: Path) -> Section:
     section = Section(NAME, TITLE)
     scale = ctx.scale
     app_core, load_core = cores()
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    ensure_wrk()
     run_id = secrets.token_hex(3)
     window = 1.5 * scale.http_seconds
     duration = scale.rounds * window
