@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.config import DEV_ISSUER, Mode, Settings, get_settings
+from app.config import DEV_ISSUER, MIGRATION_SECRETS, Mode, Settings, get_settings, load_settings
 
 # Tracebacks never print local variables: they may hold secrets.
 cli = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -29,11 +29,12 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _settings() -> Settings:
+def _settings(secrets: tuple[str, ...] | None = None) -> Settings:
+    """The app's settings, or with `secrets` a one-off load reading exactly those secrets."""
     from app.crypto.secrets import SecretError
 
     try:
-        return get_settings()
+        return get_settings() if secrets is None else load_settings(secrets=secrets)
     except (ValueError, SecretError) as exc:  # these name settings and secrets, never their values
         raise _fail(f"configuration error: {exc}") from None
 
@@ -45,7 +46,7 @@ def migrate() -> None:
 
     from app.db.migrate import set_app_password, upgrade
 
-    settings = _settings()
+    settings = _settings(MIGRATION_SECRETS)
     try:
         settings.require("admin_database_url", "database_url")
     except ValueError as exc:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     rate_limit_classes: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     # Largest upload accepted (brand assets, knowledge files).
     upload_max_bytes: int = Field(default=10_485_760, ge=1024)
+    # Host names this API answers for (exact, case-insensitive; empty: any). Another Host (a
+    # platform's default name, an IP) gets 421 before routing; /health/* answer any (probes use IPs).
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Cloudflare Turnstile on public routes: on when a secret is set; production requires it.
     turnstile_secret: str | None = None
     turnstile_siteverify_url: str = "https://challenges.cloudflare.com/turnstile/v0/siteverify"
@@ -121,7 +124,7 @@ class Settings(BaseSettings):
             return TypeAdapter(list[IssuerConfig]).validate_json(value) if value.strip() else []
         return value
 
-    @field_validator("cors_allow_origins", "trusted_proxies", "cloudflare_ranges", mode="before")
+    @field_validator("cors_allow_origins", "trusted_proxies", "cloudflare_ranges", "allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -202,15 +205,26 @@ SECRET_FIELDS = {
     "alert_webhook_secret": "alert-webhook-secret",
 }
 
+# What each kind of process reads from the provider, and nothing more: the running app never asks
+# for the schema owner's URL, so its identity needs no access to it (in Azure, a role assignment
+# per secret: asking for an ungranted one is a 403, which is fatal, never skipped).
+APP_SECRETS = ("database_url", "turnstile_secret", "sentry_dsn", "alert_webhook_secret")
+# `palisade migrate`: the schema owner's URL, and the app's URL to create the app role with its password.
+MIGRATION_SECRETS = ("admin_database_url", "database_url")
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from PALISADE_* variables; with a secret provider, every secret from the provider.
+
+def load_settings(*, secrets: tuple[str, ...] = APP_SECRETS, **overrides: object) -> Settings:
+    """Settings from PALISADE_* variables; with a secret provider, the `secrets` from the provider.
 
     With a provider configured, a secret given as a variable or in a config file is refused: in
-    production nothing secret may live in the environment.
+    production nothing secret may live in the environment. A secret the provider does not hold is
+    left unset (`require()` names the ones a command needs); one it refuses is an error.
     """
     from app.crypto.secrets import MissingSecret, provider_for
 
+    unknown = set(secrets) - SECRET_FIELDS.keys()
+    if unknown:
+        raise ValueError(f"not secret settings: {', '.join(sorted(unknown))}")
     base = Settings(**overrides)  # type: ignore[arg-type]
     if base.secret_provider == "env":
         return base
@@ -219,15 +233,16 @@ def load_settings(**overrides: object) -> Settings:
         raise ValueError("secrets must come from the secret provider, not the environment: "
                          + ", ".join("PALISADE_" + f.upper() for f in given))
     provider = provider_for(base)
-    secrets: dict[str, str] = {}
-    for field, name in SECRET_FIELDS.items():
+    values: dict[str, str] = {}
+    for field in secrets:
         try:
-            secrets[field] = provider.get(name).reveal()
+            values[field] = provider.get(SECRET_FIELDS[field]).reveal()
         except MissingSecret:
-            continue  # optional ones stay unset; `require()` names the ones a command needs
-    return Settings(**{**base.model_dump(exclude_unset=True), **overrides, **secrets})  # type: ignore[arg-type]
+            continue
+    return Settings(**{**base.model_dump(exclude_unset=True), **overrides, **values})  # type: ignore[arg-type]
 
 
 @lru_cache
 def get_settings() -> Settings:
+    """The running app's settings (its secrets only; see `APP_SECRETS`)."""
     return load_settings()

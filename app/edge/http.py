@@ -1,7 +1,7 @@
 """The application edge (layer 3 of the request path): security headers, CORS, parameter pollution,
 body size.
 
-`install(app, settings)` adds four pure-ASGI middlewares (no BaseHTTPMiddleware: streaming responses
+`install(app, settings)` adds five pure-ASGI middlewares (no BaseHTTPMiddleware: streaming responses
 keep streaming, request bodies are never buffered here). From the outside in:
 
 1. `SecurityHeadersMiddleware` — wraps the *whole* stack, outside Starlette's ServerErrorMiddleware,
@@ -12,15 +12,18 @@ keep streaming, request bodies are never buffered here). From the outside in:
    `Cache-Control: no-store` / `Pragma: no-cache` on every response: the surface is a tenant-data
    API, error answers included, and nothing on it is meant for a shared cache (Cloudflare, the
    on-prem nginx). A route that must be cacheable one day gets an explicit exemption here.
-2. `CorsMiddleware` — exact allow-list; refused preflights are a 403 problem without CORS headers.
-3. `ParameterPollutionMiddleware` — any repeated query parameter is a 400 problem before routing.
-4. `BodyLimitMiddleware` — `settings.max_body_bytes` (or a registered larger limit for a path
+2. `AllowedHostsMiddleware` — with `settings.allowed_hosts`, a request for another host name (the
+   platform's default name, a bare IP) is a 421 problem before routing; `/health/*` answers any
+   host, since platform probes address the replica by IP.
+3. `CorsMiddleware` — exact allow-list; refused preflights are a 403 problem without CORS headers.
+4. `ParameterPollutionMiddleware` — any repeated query parameter is a 400 problem before routing.
+5. `BodyLimitMiddleware` — `settings.max_body_bytes` (or a registered larger limit for a path
    subtree) enforced before the body is read: Content-Length over the limit is a 413 at once,
    otherwise the bytes are counted as they arrive and the app never receives more than the limit.
 
-Layers 2-4 sit in the user-middleware list *after* whatever `create_app()` added (the correlation
+Layers 2-5 sit in the user-middleware list *after* whatever `create_app()` added (the correlation
 id, the 5xx counter), so their refusals carry `X-Correlation-ID` and are traced; the design's rate
-limiter belongs between 3 and 4 (`add_inner_middleware`).
+limiter belongs between 4 and 5 (`add_inner_middleware`).
 
 Content-Security-Policy: every response gets `API_CSP` (`default-src 'none'`, nothing may load or
 run) — except the two Swagger UI pages FastAPI serves (`app.docs_url` and its OAuth2 redirect page),
@@ -383,6 +386,33 @@ def repeated_query_params(query_string: bytes) -> list[str]:
     return [name for name, count in names.items() if count > 1]
 
 
+class AllowedHostsMiddleware:
+    """Only the configured host names are served: anything else is a 421 before routing.
+
+    The `Host` header (HTTP/1.1) or `:authority` (HTTP/2, which uvicorn maps to the same header)
+    is compared exactly, case-insensitively, port ignored. What is refused is never echoed back.
+    """
+
+    def __init__(self, app: ASGIApp, *, hosts: Iterable[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(h.strip().lower().rstrip(".") for h in hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.hosts or scope["path"].startswith("/health/"):
+            await self.app(scope, receive, send)
+            return
+        values = _header_values(scope, b"host")
+        host = values[0].decode("latin-1").strip().lower() if len(values) == 1 else ""
+        if host.startswith("["):  # an IPv6 literal never names this service
+            host = ""
+        host = host.rsplit(":", 1)[0].rstrip(".")
+        if host in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        refusal = problems.problem(421, detail="This host name is not served here.")
+        await _answer(refusal, scope, receive, send)
+
+
 class ParameterPollutionMiddleware:
     """A query parameter given twice (`?limit=1&limit=2`, `?a=1&a[]=2`) is a 400, before routing.
 
@@ -614,6 +644,7 @@ def install(app: FastAPI, settings: Settings) -> None:
             docs_paths.add(app.swagger_ui_oauth2_redirect_url)
 
     # Innermost user middlewares: inside the correlation id (and everything else create_app added).
+    app.user_middleware.append(Middleware(AllowedHostsMiddleware, hosts=settings.allowed_hosts))
     app.user_middleware.append(Middleware(CorsMiddleware, allow_origins=origins))
     app.user_middleware.append(Middleware(ParameterPollutionMiddleware))
     app.user_middleware.append(Middleware(BodyLimitMiddleware, settings=settings))

@@ -65,3 +65,32 @@ class TestFromFiles:
                                          "PALISADE_DATABASE_URL": database.app_url})
         assert result.returncode == 1
         assert "never from the environment" in result.stderr and database.app_url not in result.stderr
+
+
+class TestEachCommandReadsOnlyItsSecrets:
+    """The running app never asks for the schema owner's URL; `migrate` asks for it and the app's.
+
+    A secret the app is not meant to read is planted unreadably (mode 0644 is refused when read):
+    a command that asked for it would fail, so passing proves it never asked.
+    """
+
+    def test_the_app_never_reads_the_admin_url(self, secrets_dir: Path, database):
+        planted = secrets_dir / "admin-database-url"
+        planted.write_text(database.admin_url + "\n")
+        planted.chmod(0o644)
+        result = palisade("doctor", env=production(secrets_dir))
+        assert result.returncode == 0, result.stderr
+
+    def test_migrate_reads_the_admin_url_and_not_the_apps_other_secrets(self, secrets_dir: Path, database):
+        planted = secrets_dir / "turnstile-secret"
+        planted.chmod(0o644)  # the app's; migrate must not touch it
+        admin = secrets_dir / "admin-database-url"
+        admin.write_text(database.admin_url + "\n")
+        admin.chmod(0o644)
+        result = palisade("migrate", env=production(secrets_dir))
+        assert result.returncode == 1
+        assert "admin-database-url" in result.stderr and "turnstile-secret" not in result.stderr
+        admin.chmod(0o600)
+        result = palisade("migrate", env=production(secrets_dir))
+        assert result.returncode == 0, result.stderr
+        assert "migrations applied" in result.stdout
