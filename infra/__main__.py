@@ -1,7 +1,8 @@
 """Palisade: the stack, composed from component resources (one module each in palisade_infra/).
 
 Order follows the trust chain: network and logs, then the vault, then what stores secrets in it
-(database, edge), then the identities allowed to read them, then what runs as those identities.
+(database, edge and its tunnel), then the identities allowed to read them, then what runs as
+those identities.
 """
 
 import re
@@ -12,7 +13,7 @@ from palisade_infra import config as stack_config
 from palisade_infra import defaults
 from palisade_infra.database import Database, DatabaseArgs
 from palisade_infra.edge import Edge, EdgeArgs, EdgeDns, EdgeDnsArgs
-from palisade_infra.hosting import AppEnvironment, AppEnvironmentArgs, AppHosting, AppHostingArgs, KeyVaultSecretRef, app_name
+from palisade_infra.hosting import AppEnvironment, AppEnvironmentArgs, AppHosting, AppHostingArgs, KeyVaultSecretRef
 from palisade_infra.identity import Identity, IdentityArgs
 from palisade_infra.monitoring import Monitoring, MonitoringArgs
 from palisade_infra.network import Network, NetworkArgs
@@ -63,60 +64,51 @@ database = Database("database", DatabaseArgs(
 
 edge = Edge("edge", EdgeArgs(
     prefix=cfg.prefix, domain=cfg.domain, zone_id=cfg.cloudflare_zone_id, account_id=cfg.cloudflare_account_id,
-    vault=secrets.vault, blocked_countries=cfg.blocked_countries, blocked_asns=cfg.blocked_asns,
+    vault=secrets.vault, port=cfg.port, blocked_countries=cfg.blocked_countries, blocked_asns=cfg.blocked_asns,
     challenge_paths=cfg.challenge_paths, api_path_prefix=cfg.api_path_prefix,
-    rate_limit_per_minute=cfg.edge_rate_limit_per_minute, hsts_max_age_seconds=cfg.hsts_max_age_seconds,
-    hsts_include_subdomains=cfg.hsts_include_subdomains, hsts_preload=cfg.hsts_preload,
-    origin_cert_validity_days=cfg.origin_cert_validity_days,
+    rate_limit_per_minute=cfg.edge_rate_limit_per_minute, manage_zone_settings=cfg.manage_zone_settings,
+    hsts_max_age_seconds=cfg.hsts_max_age_seconds, hsts_include_subdomains=cfg.hsts_include_subdomains,
+    hsts_preload=cfg.hsts_preload,
 ))
 
-app_secret_env = {
-    name: env for name, env in defaults.APP_SECRET_ENV.items()
-    if name in (defaults.DATABASE_URL, defaults.TURNSTILE_SECRET) or name in config_secrets
-}
-collector_secret = KeyVaultSecretRef(
-    name=defaults.APPINSIGHTS_CONNECTION_STRING, env="APPLICATIONINSIGHTS_CONNECTION_STRING",
-    url=secrets.vault.secret_url(defaults.APPINSIGHTS_CONNECTION_STRING),
-) if use_collector else None
+# What each identity may read: the app's own secrets (those this stack stores), the migration
+# job's two URLs, the tunnel token. One role assignment per secret (identity.py).
+app_secrets = [name for name in defaults.APP_SECRETS
+               if name in (defaults.DATABASE_URL, defaults.TURNSTILE_SECRET) or name in config_secrets]
+collector_secrets = [defaults.APPINSIGHTS_CONNECTION_STRING] if use_collector else []
 
 identity = Identity("identity", IdentityArgs(
     prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
-    vault_id=secrets.vault.id, kek_id=secrets.kek_id,
-    app_secrets=[*app_secret_env, *([collector_secret.name] if collector_secret else [])],
-    migrator_secrets=list(defaults.MIGRATION_SECRET_ENV), ingress_secrets=[defaults.ORIGIN_TLS],
+    vault_id=secrets.vault.id, kek_id=secrets.kek_id, app_secrets=[*app_secrets, *collector_secrets],
+    migrator_secrets=list(defaults.MIGRATION_SECRETS), tunnel_secrets=[defaults.TUNNEL_TOKEN],
     federated_credentials=cfg.federated_credentials, tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[secrets, database, edge]))
 
 environment = AppEnvironment("environment", AppEnvironmentArgs(
     prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
-    infrastructure_subnet_id=network.apps_subnet_id, log_workspace_id=monitoring.workspace_id,
-    ingress_identity_id=identity.ingress.id, origin_certificate_url=secrets.vault.secret_url(defaults.ORIGIN_TLS),
-    tags=tags,
+    infrastructure_subnet_id=network.apps_subnet_id, log_workspace_id=monitoring.workspace_id, tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[identity]))
 
-# The records exist before the app binds the custom domain (Azure checks them at binding time).
-edge_dns = EdgeDns("edge-dns", EdgeDnsArgs(
-    zone_id=cfg.cloudflare_zone_id, domain=cfg.domain,
-    origin_fqdn=environment.default_domain.apply(lambda domain: f"{app_name(cfg.prefix)}.{domain}"),
-    verification_id=environment.verification_id,
-))
+edge_dns = EdgeDns("edge-dns", EdgeDnsArgs(zone_id=cfg.cloudflare_zone_id, domain=cfg.domain, tunnel_cname=edge.tunnel_cname))
 
 
-def secret_refs(env_by_secret: dict[str, str]) -> list[KeyVaultSecretRef]:
-    return [KeyVaultSecretRef(name=n, url=secrets.vault.secret_url(n), env=e) for n, e in env_by_secret.items()]
+def sidecar_secret(name: str, env: str, identity_id: pulumi.Input[str]) -> KeyVaultSecretRef:
+    return KeyVaultSecretRef(name=name, url=secrets.vault.secret_url(name), env=env, identity_id=identity_id)
 
 
 hosting = AppHosting("app", AppHostingArgs(
     prefix=cfg.prefix, stack=stack, location=cfg.location, resource_group_name=network.resource_group_name,
-    environment_id=environment.environment_id, certificate_id=environment.certificate_id, domain=cfg.domain,
+    environment_id=environment.environment_id, domain=cfg.domain,
     image=cfg.image, port=cfg.port, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, cpu=cfg.cpu,
     memory=cfg.memory, app_identity_id=identity.app.id, app_identity_client_id=identity.app.client_id,
-    migrator_identity_id=identity.migrator.id, vault_uri=secrets.vault_uri, kek_uri=secrets.kek_uri,
-    issuers=cfg.issuers, trusted_proxies=[cfg.apps_subnet], cloudflare_ranges=cfg.cloudflare_ranges,
-    ingress_allowed_ranges=cfg.cloudflare_ipv4_ranges, app_secrets=secret_refs(app_secret_env),
-    migration_secrets=secret_refs(defaults.MIGRATION_SECRET_ENV), cors_allow_origins=cfg.cors_allow_origins,
+    migrator_identity_id=identity.migrator.id, migrator_identity_client_id=identity.migrator.client_id,
+    tunnel_identity_id=identity.tunnel.id, vault_uri=secrets.vault_uri, kek_uri=secrets.kek_uri,
+    issuers=cfg.issuers, tunnel_token=sidecar_secret(defaults.TUNNEL_TOKEN, "TUNNEL_TOKEN", identity.tunnel.id),
+    cloudflared_image=cfg.cloudflared_image, cors_allow_origins=cfg.cors_allow_origins,
     alert_webhook_url=cfg.alert_webhook_url, otlp_endpoint=cfg.otlp_endpoint, collector_image=cfg.collector_image,
-    collector_secret=collector_secret, registry_server=cfg.registry_server, tags=tags,
+    collector_secret=sidecar_secret(defaults.APPINSIGHTS_CONNECTION_STRING, "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                                    identity.app.id) if use_collector else None,
+    registry_server=cfg.registry_server, tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[identity, edge_dns]))
 
 # Plain outputs only: nothing here is a secret (the vault holds those).

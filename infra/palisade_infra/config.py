@@ -43,7 +43,6 @@ ENTRA_PRINCIPAL_TYPES = ("Group", "User", "ServicePrincipal")
 # Cloudflare's accepted HSTS max-age values of six months or more.
 HSTS_MAX_AGES = (31_536_000, 15_552_000)
 # Cloudflare Origin CA validity choices (days).
-ORIGIN_CERT_VALIDITY_DAYS = (365, 90, 30, 7, 730, 1095, 5475)
 
 
 class ConfigError(ValueError):
@@ -135,22 +134,19 @@ class StackConfig:
     otlp_endpoint: str | None = None
     collector_image: str = "otel/opentelemetry-collector-contrib:0.115.0"
     alert_webhook_url: str | None = None
+    cloudflared_image: str = "cloudflare/cloudflared:2025.11.1"
     # --- edge
-    cloudflare_ranges: tuple[str, ...] = defaults.CLOUDFLARE_RANGES
     blocked_countries: tuple[str, ...] = ()
     blocked_asns: tuple[int, ...] = ()
     challenge_paths: tuple[str, ...] = ("/api/v1/invitations/accept",)
     api_path_prefix: str = "/api/"
     edge_rate_limit_per_minute: int = 100
     hsts_max_age_seconds: int = 31_536_000
-    hsts_include_subdomains: bool = True
+    hsts_include_subdomains: bool = False
     hsts_preload: bool = False
-    origin_cert_validity_days: int = 365
-
-    @property
-    def cloudflare_ipv4_ranges(self) -> tuple[str, ...]:
-        """The IPv4 part of the ranges: the Container Apps ingress filters IPv4 only."""
-        return tuple(r for r in self.cloudflare_ranges if ipaddress.ip_network(r).version == 4)
+    # Zone-wide settings (SSL mode, zone minimum TLS, HTTPS rewrites, 0-RTT, edge HSTS) touch every
+    # host of the customer's zone: only when the stack says so.
+    manage_zone_settings: bool = False
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -328,8 +324,8 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "logRetentionDays": ("log_retention_days", _int),
     "otlpEndpoint": ("otlp_endpoint", _str),
     "collectorImage": ("collector_image", _str),
+    "cloudflaredImage": ("cloudflared_image", _str),
     "alertWebhookUrl": ("alert_webhook_url", _str),
-    "cloudflareRanges": ("cloudflare_ranges", _str_list),
     "blockedCountries": ("blocked_countries", _str_list),
     "blockedAsns": ("blocked_asns", _int_list),
     "challengePaths": ("challenge_paths", _str_list),
@@ -338,7 +334,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hstsMaxAgeSeconds": ("hsts_max_age_seconds", _int),
     "hstsIncludeSubdomains": ("hsts_include_subdomains", _bool),
     "hstsPreload": ("hsts_preload", _bool),
-    "originCertValidityDays": ("origin_cert_validity_days", _int),
+    "manageZoneSettings": ("manage_zone_settings", _bool),
 }
 # Read with `get_secret` and never parsed: their values only travel to Key Vault.
 SECRET_KEYS = ("sentryDsn", "alertWebhookSecret")
@@ -466,15 +462,6 @@ def _check(cfg: StackConfig) -> list[str]:
         if url is not None and not url.startswith("https://"):
             p.append(f"{ns}:{key} must be an https URL")
 
-    v4 = 0
-    for cidr in cfg.cloudflare_ranges:
-        try:
-            v4 += ipaddress.ip_network(cidr, strict=True).version == 4
-        except ValueError:
-            p.append(f"{ns}:cloudflareRanges entry {cidr!r} is not a network in CIDR notation")
-    if not cfg.cloudflare_ranges or not v4:
-        p.append(f"{ns}:cloudflareRanges must list Cloudflare's published ranges, IPv4 included "
-                 "(the Azure ingress accepts only these)")
     for country in cfg.blocked_countries:
         if not re.fullmatch(r"[A-Z]{2}", country) or country in ("XX", "T1"):
             p.append(f"{ns}:blockedCountries entry {country!r} must be an ISO 3166-1 alpha-2 code such as KP")
@@ -490,8 +477,9 @@ def _check(cfg: StackConfig) -> list[str]:
         p.append(f"{ns}:hstsMaxAgeSeconds must be 31536000 (one year, default) or 15552000 (six months)")
     if cfg.hsts_preload and (cfg.hsts_max_age_seconds < 31_536_000 or not cfg.hsts_include_subdomains):
         p.append(f"{ns}:hstsPreload needs a one-year max-age and hstsIncludeSubdomains")
-    if cfg.origin_cert_validity_days not in ORIGIN_CERT_VALIDITY_DAYS:
-        p.append(f"{ns}:originCertValidityDays must be one of {', '.join(map(str, sorted(ORIGIN_CERT_VALIDITY_DAYS)))}")
+    if (cfg.hsts_include_subdomains or cfg.hsts_preload) and not cfg.manage_zone_settings:
+        p.append(f"{ns}:hstsIncludeSubdomains and hstsPreload are zone-wide edge settings: set manageZoneSettings too, "
+                 "or leave them off (the app sends its own HSTS for its host name)")
     return p
 
 

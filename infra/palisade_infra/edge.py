@@ -1,8 +1,21 @@
-"""Edge (Cloudflare): zone TLS settings, the WAF (managed rulesets, custom rules, rate limit), a
-Turnstile widget, the origin certificate, and — once the Azure ingress has a name — the DNS records.
+"""Edge (Cloudflare): the tunnel that is the only way in to the API, TLS 1.3 for the app's host
+name, the WAF (managed rulesets, custom rules, rate limit), a redirect to HTTPS, a Turnstile widget,
+and the app's DNS record.
 
-The rulesets are zone entry-point rulesets: one per phase per zone, so this program owns each phase
-it declares (`http_request_firewall_managed`, `http_request_firewall_custom`, `http_ratelimit`).
+Origin: a Cloudflare Tunnel, managed remotely (`configSrc: cloudflare`). The API has no public
+ingress at all; a cloudflared sidecar in each replica dials out to Cloudflare with the tunnel's
+token and forwards this host name, and nothing else, to the API on loopback. Only this zone's
+proxied record points at the tunnel, so every request passes this zone's WAF, rate limit and
+challenges; another Cloudflare account cannot route to a tunnel it does not own (unlike an
+allow-list of Cloudflare's IP ranges, which any Worker passes). Authenticated origin pulls would
+need a public ingress and a client-certificate check in the app; the tunnel needs neither.
+
+Scope: every rule matches the app's host name only. The rulesets are zone entry-point rulesets
+(one per phase per zone), so this program owns the phases it declares
+(`http_request_firewall_managed`, `http_request_firewall_custom`, `http_ratelimit`,
+`http_request_dynamic_redirect`): rules other hosts of the zone had in those phases are replaced.
+Use a zone of its own for the appliance (a delegated subdomain zone works) if the customer's main
+zone has rules there. Zone-wide settings are set only with `manageZoneSettings`.
 Managed rulesets and rate-limit periods of 60 seconds need a Pro plan or higher.
 """
 
@@ -13,7 +26,6 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_cloudflare as cloudflare
-import pulumi_tls as tls
 
 from . import defaults
 from .vault import VaultRef, store_secret
@@ -31,69 +43,107 @@ class EdgeArgs:
     zone_id: str
     account_id: str
     vault: VaultRef
+    port: int
     blocked_countries: Sequence[str] = ()
     blocked_asns: Sequence[int] = ()
     challenge_paths: Sequence[str] = ()
     api_path_prefix: str = "/api/"
     rate_limit_per_minute: int = 100
+    manage_zone_settings: bool = False
     hsts_max_age_seconds: int = 31_536_000
-    hsts_include_subdomains: bool = True
+    hsts_include_subdomains: bool = False
     hsts_preload: bool = False
-    origin_cert_validity_days: int = 365
 
 
 class Edge(pulumi.ComponentResource):
     turnstile_site_key: pulumi.Output[str]
+    tunnel_cname: pulumi.Output[str]
     turnstile_secret_name: str = defaults.TURNSTILE_SECRET
-    origin_tls_secret_name: str = defaults.ORIGIN_TLS
+    tunnel_token_secret_name: str = defaults.TUNNEL_TOKEN
 
     def __init__(self, name: str, args: EdgeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Edge", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        host = f'(http.host eq "{args.domain}")'
 
-        # --- transport: TLS 1.3 on, nothing below 1.2, HTTPS only, strict origin validation.
-        settings: dict[str, object] = {
-            "ssl": "strict",
-            "min_tls_version": "1.2",
-            "tls_1_3": "on",
-            "always_use_https": "on",
-            "automatic_https_rewrites": "on",
-            # 0-RTT data can be replayed; the API has non-idempotent POSTs.
-            "0rtt": "off",
-            "security_header": {
-                "strict_transport_security": {
-                    "enabled": True,
-                    "max_age": args.hsts_max_age_seconds,
-                    "include_subdomains": args.hsts_include_subdomains,
-                    "preload": args.hsts_preload,
-                    "nosniff": True,
-                }
-            },
-        }
-        for setting_id, value in settings.items():
-            cloudflare.ZoneSetting(
-                f"{name}-{setting_id.replace('_', '-')}", zone_id=args.zone_id, setting_id=setting_id, value=value, opts=child
-            )
+        # --- transport: TLS 1.3 minimum for this host name (the rest of the zone is untouched).
+        cloudflare.HostnameTlsSetting(
+            f"{name}-min-tls", zone_id=args.zone_id, setting_id="min_tls_version", hostname=args.domain, value="1.3",
+            opts=child,
+        )
+        if args.manage_zone_settings:
+            zone_settings: dict[str, object] = {
+                "ssl": "strict",
+                "min_tls_version": "1.2",
+                "tls_1_3": "on",
+                "always_use_https": "on",
+                "automatic_https_rewrites": "on",
+                # 0-RTT data can be replayed; the API has non-idempotent POSTs.
+                "0rtt": "off",
+                "security_header": {
+                    "strict_transport_security": {
+                        "enabled": True,
+                        "max_age": args.hsts_max_age_seconds,
+                        "include_subdomains": args.hsts_include_subdomains,
+                        "preload": args.hsts_preload,
+                        "nosniff": True,
+                    }
+                },
+            }
+            for setting_id, value in zone_settings.items():
+                cloudflare.ZoneSetting(
+                    f"{name}-{setting_id.replace('_', '-')}", zone_id=args.zone_id, setting_id=setting_id, value=value,
+                    opts=child,
+                )
 
-        # --- WAF: Cloudflare Managed and OWASP Core, blocking at the default anomaly threshold.
+        # Plain HTTP to this host name is redirected before it reaches the tunnel (the app then
+        # sends HSTS itself, so browsers stop trying).
+        cloudflare.Ruleset(
+            f"{name}-https-redirect",
+            zone_id=args.zone_id,
+            kind="zone",
+            name="palisade https redirect",
+            description=f"http://{args.domain} -> https",
+            phase="http_request_dynamic_redirect",
+            rules=[
+                cloudflare.RulesetRuleArgs(
+                    action="redirect",
+                    expression=f"{host} and not ssl",
+                    description="redirect to https",
+                    enabled=True,
+                    action_parameters=cloudflare.RulesetRuleActionParametersArgs(
+                        from_value=cloudflare.RulesetRuleActionParametersFromValueArgs(
+                            status_code=308,
+                            preserve_query_string=True,
+                            target_url=cloudflare.RulesetRuleActionParametersFromValueTargetUrlArgs(
+                                expression=f'concat("https://{args.domain}", http.request.uri.path)'
+                            ),
+                        )
+                    ),
+                )
+            ],
+            opts=child,
+        )
+
+        # --- WAF: Cloudflare Managed and OWASP Core for this host, blocking at the default threshold.
         cloudflare.Ruleset(
             f"{name}-waf-managed",
             zone_id=args.zone_id,
             kind="zone",
             name="palisade managed WAF",
-            description="Cloudflare Managed Ruleset and OWASP Core Ruleset",
+            description=f"Cloudflare Managed Ruleset and OWASP Core Ruleset for {args.domain}",
             phase="http_request_firewall_managed",
             rules=[
                 cloudflare.RulesetRuleArgs(
                     action="execute",
-                    expression="true",
+                    expression=host,
                     description="Cloudflare Managed Ruleset",
                     enabled=True,
                     action_parameters=cloudflare.RulesetRuleActionParametersArgs(id=defaults.CLOUDFLARE_MANAGED_RULESET),
                 ),
                 cloudflare.RulesetRuleArgs(
                     action="execute",
-                    expression="true",
+                    expression=host,
                     description="OWASP Core Ruleset",
                     enabled=True,
                     action_parameters=cloudflare.RulesetRuleActionParametersArgs(
@@ -115,17 +165,17 @@ class Edge(pulumi.ComponentResource):
         if args.blocked_countries:
             custom_rules.append(cloudflare.RulesetRuleArgs(
                 action="block", description="blocked countries", enabled=True,
-                expression=f"(ip.src.country in {_set(sorted(args.blocked_countries))})",
+                expression=f"{host} and (ip.src.country in {_set(sorted(args.blocked_countries))})",
             ))
         if args.blocked_asns:
             custom_rules.append(cloudflare.RulesetRuleArgs(
                 action="block", description="blocked networks (ASN)", enabled=True,
-                expression=f"(ip.src.asnum in {_set(sorted(args.blocked_asns))})",
+                expression=f"{host} and (ip.src.asnum in {_set(sorted(args.blocked_asns))})",
             ))
         if args.challenge_paths:
             custom_rules.append(cloudflare.RulesetRuleArgs(
                 action="managed_challenge", description="challenge on sensitive paths", enabled=True,
-                expression=f"(http.request.uri.path in {_set(list(args.challenge_paths))})",
+                expression=f"{host} and (http.request.uri.path in {_set(list(args.challenge_paths))})",
             ))
         if custom_rules:
             cloudflare.Ruleset(
@@ -133,7 +183,7 @@ class Edge(pulumi.ComponentResource):
                 zone_id=args.zone_id,
                 kind="zone",
                 name="palisade custom rules",
-                description="country and network blocks, challenges on sensitive paths",
+                description=f"country and network blocks, challenges on sensitive paths of {args.domain}",
                 phase="http_request_firewall_custom",
                 rules=custom_rules,
                 opts=child,
@@ -144,14 +194,14 @@ class Edge(pulumi.ComponentResource):
             zone_id=args.zone_id,
             kind="zone",
             name="palisade rate limits",
-            description=f"{args.rate_limit_per_minute} requests per minute per client IP on the API",
+            description=f"{args.rate_limit_per_minute} requests per minute per client IP on the API of {args.domain}",
             phase="http_ratelimit",
             rules=[
                 cloudflare.RulesetRuleArgs(
                     action="block",
                     description="API requests per client IP",
                     enabled=True,
-                    expression=f'(starts_with(http.request.uri.path, "{args.api_path_prefix}"))',
+                    expression=f'{host} and (starts_with(http.request.uri.path, "{args.api_path_prefix}"))',
                     ratelimit=cloudflare.RulesetRuleRatelimitArgs(
                         characteristics=["ip.src", "cf.colo.id"],
                         period=60,
@@ -176,31 +226,33 @@ class Edge(pulumi.ComponentResource):
         store_secret(f"{name}-turnstile-secret", vault=args.vault, secret_name=self.turnstile_secret_name,
                      value=widget.secret, parent=self)
 
-        # --- origin certificate for SSL "full (strict)": key and CSR made here, signed by the
-        # Cloudflare Origin CA, stored (certificate then key, PEM) in the vault for the ingress.
-        origin_key = tls.PrivateKey(f"{name}-origin-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-        csr = tls.CertRequest(
-            f"{name}-origin-csr",
-            private_key_pem=origin_key.private_key_pem,
-            subject=tls.CertRequestSubjectArgs(common_name=args.domain, organization="Palisade"),
-            dns_names=[args.domain],
+        # --- the tunnel: this host name to the API on the replica's loopback, anything else 404.
+        tunnel = cloudflare.ZeroTrustTunnelCloudflared(
+            f"{name}-tunnel", account_id=args.account_id, name=f"{args.prefix}-{args.domain}", config_src="cloudflare",
             opts=child,
         )
-        origin_cert = cloudflare.OriginCaCertificate(
-            f"{name}-origin-cert",
-            csr=csr.cert_request_pem,
-            hostnames=[args.domain],
-            request_type="origin-ecc",
-            requested_validity=args.origin_cert_validity_days,
+        cloudflare.ZeroTrustTunnelCloudflaredConfig(
+            f"{name}-tunnel-config",
+            account_id=args.account_id,
+            tunnel_id=tunnel.id,
+            config=cloudflare.ZeroTrustTunnelCloudflaredConfigConfigArgs(
+                ingresses=[
+                    cloudflare.ZeroTrustTunnelCloudflaredConfigConfigIngressArgs(
+                        hostname=args.domain, service=f"http://localhost:{args.port}"
+                    ),
+                    cloudflare.ZeroTrustTunnelCloudflaredConfigConfigIngressArgs(service="http_status:404"),
+                ]
+            ),
             opts=child,
         )
-        pem = pulumi.Output.all(origin_cert.certificate, origin_key.private_key_pem).apply(
-            lambda v: v[0].rstrip("\n") + "\n" + v[1]
+        token = cloudflare.get_zero_trust_tunnel_cloudflared_token_output(
+            account_id=args.account_id, tunnel_id=tunnel.id, opts=pulumi.InvokeOutputOptions(parent=self)
         )
-        store_secret(f"{name}-origin-tls", vault=args.vault, secret_name=self.origin_tls_secret_name, value=pem,
-                     parent=self, content_type="application/x-pem-file")
+        store_secret(f"{name}-tunnel-token", vault=args.vault, secret_name=self.tunnel_token_secret_name,
+                     value=token.token, parent=self)
 
         self.turnstile_site_key = widget.sitekey
+        self.tunnel_cname = tunnel.id.apply(lambda tunnel_id: f"{tunnel_id}.cfargotunnel.com")
         self.register_outputs({"turnstile_site_key": self.turnstile_site_key})
 
 
@@ -208,38 +260,24 @@ class Edge(pulumi.ComponentResource):
 class EdgeDnsArgs:
     zone_id: str
     domain: str
-    # The app's default Azure name (<app>.<environment default domain>), known before the app exists.
-    origin_fqdn: pulumi.Input[str]
-    # The environment's custom-domain verification id (the asuid TXT record Azure checks).
-    verification_id: pulumi.Input[str]
+    # `<tunnel id>.cfargotunnel.com`: resolvable only through this zone's proxied record.
+    tunnel_cname: pulumi.Input[str]
 
 
 class EdgeDns(pulumi.ComponentResource):
-    """The proxied record for the app and Azure's ownership record, declared before the binding."""
+    """The app's proxied record: the host name, through this zone's WAF, to the tunnel."""
 
     def __init__(self, name: str, args: EdgeDnsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:EdgeDns", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         cloudflare.DnsRecord(
             f"{name}-app",
             zone_id=args.zone_id,
             name=args.domain,
             type="CNAME",
-            content=args.origin_fqdn,
+            content=args.tunnel_cname,
             proxied=True,
             ttl=1,
-            comment="Palisade: proxied through the Cloudflare WAF to Azure Container Apps",
-            opts=child,
-        )
-        cloudflare.DnsRecord(
-            f"{name}-asuid",
-            zone_id=args.zone_id,
-            name=f"asuid.{args.domain}",
-            type="TXT",
-            content=args.verification_id,
-            proxied=False,
-            ttl=3600,
-            comment="Palisade: Azure Container Apps custom-domain ownership",
-            opts=child,
+            comment="Palisade: proxied through the Cloudflare WAF to the tunnel (no public origin)",
+            opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({})

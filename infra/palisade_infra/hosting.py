@@ -1,8 +1,13 @@
-"""App hosting: the Container Apps environment in the VNet, the API (at least two replicas, health
-probes, ingress only from Cloudflare, secrets by Key Vault reference) and the migration job.
+"""App hosting: the internal Container Apps environment in the VNet, the API (at least two
+replicas, health probes, no ingress: a cloudflared sidecar dials out to the Cloudflare Tunnel) and
+the migration job.
 
-Secrets reach containers only as Key Vault references resolved by a managed identity
-(`keyVaultUrl` + `identity`); no container app or job carries a secret value.
+Secrets: `palisade` reads its own from Key Vault as its own managed identity (the API's identity
+is granted only the API's secrets, the job's identity the schema owner's URL); third-party
+sidecars get theirs as Key Vault references (`keyVaultUrl` + `identity`). No container app or
+job carries a secret value.
+
+The image's entrypoint is `palisade`: containers pass only its arguments (`serve ...`, `migrate`).
 
 Traces: the app exports OTLP over HTTP/protobuf. Unless `otlpEndpoint` names a collector, an
 OpenTelemetry Collector sidecar receives them on localhost and forwards them to Application
@@ -58,16 +63,18 @@ class AppEnvironmentArgs:
     resource_group_name: pulumi.Input[str]
     infrastructure_subnet_id: pulumi.Input[str]
     log_workspace_id: pulumi.Input[str]
-    ingress_identity_id: pulumi.Input[str]
-    origin_certificate_url: pulumi.Input[str]
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class AppEnvironment(pulumi.ComponentResource):
+    """The Container Apps environment: internal (no public IP, no public ingress at all).
+
+    Nothing outside the VNet can open a connection to a replica: visitors reach the API only
+    through the Cloudflare Tunnel that the `cloudflared` sidecar dials out to (see `edge.py`).
+    """
+
     environment_id: pulumi.Output[str]
     default_domain: pulumi.Output[str]
-    verification_id: pulumi.Output[str]
-    certificate_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: AppEnvironmentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:AppEnvironment", name, None, opts)
@@ -80,8 +87,8 @@ class AppEnvironment(pulumi.ComponentResource):
             environment_name=f"cae-{args.prefix}",
             vnet_configuration=app.VnetConfigurationArgs(
                 infrastructure_subnet_id=args.infrastructure_subnet_id,
-                # External: Cloudflare must reach the ingress; the app's IP rules admit only Cloudflare.
-                internal=False,
+                # Internal: no public endpoint. Cloudflare reaches the app through the tunnel only.
+                internal=True,
             ),
             workload_profiles=[app.WorkloadProfileArgs(name=WORKLOAD_PROFILE, workload_profile_type=WORKLOAD_PROFILE)],
             zone_redundant=True,
@@ -92,7 +99,6 @@ class AppEnvironment(pulumi.ComponentResource):
             peer_traffic_configuration=app.ManagedEnvironmentPeerTrafficConfigurationArgs(
                 encryption=app.ManagedEnvironmentEncryptionArgs(enabled=True)
             ),
-            identity=app.ManagedServiceIdentityArgs(type="UserAssigned", user_assigned_identities=[args.ingress_identity_id]),
             tags=dict(args.tags),
             opts=child,
         )
@@ -105,37 +111,25 @@ class AppEnvironment(pulumi.ComponentResource):
             logs=[monitor.DiagnosticsLogSettingsArgs(category_group="allLogs", enabled=True)],
             opts=child,
         )
-        certificate = app.Certificate(
-            f"{name}-origin-certificate",
-            resource_group_name=args.resource_group_name,
-            environment_name=environment.name,
-            location=args.location,
-            certificate_name="cloudflare-origin",
-            properties=app.CertificatePropertiesArgs(
-                certificate_type="ServerSSLCertificate",
-                certificate_key_vault_properties=app.CertificateKeyVaultPropertiesArgs(
-                    identity=args.ingress_identity_id, key_vault_url=args.origin_certificate_url
-                ),
-            ),
-            opts=child,
-        )
 
         self.environment_id = environment.id
         self.default_domain = environment.default_domain
-        self.verification_id = environment.custom_domain_configuration.apply(
-            lambda c: c.custom_domain_verification_id if c else None
-        )
-        self.certificate_id = certificate.id
         self.register_outputs({"environment_id": self.environment_id, "default_domain": self.default_domain})
 
 
 @dataclass
 class KeyVaultSecretRef:
-    """A Container Apps secret resolved from Key Vault, exposed to a container as `env`."""
+    """A Container Apps secret resolved from Key Vault, exposed to a sidecar container as `env`.
+
+    Only third-party sidecars (cloudflared, the collector) take secrets this way; the app reads
+    its own from Key Vault itself, with its own identity, because production refuses secrets in
+    its environment.
+    """
 
     name: str  # the Key Vault secret name, reused as the Container Apps secret name
     url: pulumi.Input[str]  # versionless secret URI
     env: str  # the environment variable the container reads
+    identity_id: pulumi.Input[str]  # the user-assigned identity that resolves it
 
 
 @dataclass
@@ -145,7 +139,6 @@ class AppHostingArgs:
     location: str
     resource_group_name: pulumi.Input[str]
     environment_id: pulumi.Input[str]
-    certificate_id: pulumi.Input[str]
     domain: str
     image: str
     port: int
@@ -156,58 +149,71 @@ class AppHostingArgs:
     app_identity_id: pulumi.Input[str]
     app_identity_client_id: pulumi.Input[str]
     migrator_identity_id: pulumi.Input[str]
+    migrator_identity_client_id: pulumi.Input[str]
+    tunnel_identity_id: pulumi.Input[str]
     vault_uri: pulumi.Input[str]
     kek_uri: pulumi.Input[str]
     issuers: Sequence[Issuer]
-    trusted_proxies: Sequence[str]
-    cloudflare_ranges: Sequence[str]
-    ingress_allowed_ranges: Sequence[str]
-    app_secrets: Sequence[KeyVaultSecretRef]
-    migration_secrets: Sequence[KeyVaultSecretRef]
+    tunnel_token: KeyVaultSecretRef
+    cloudflared_image: str
     cors_allow_origins: Sequence[str] = ()
     alert_webhook_url: str | None = None
     otlp_endpoint: str | None = None
     collector_image: str = ""
     collector_secret: KeyVaultSecretRef | None = None
     registry_server: str | None = None
+    # Resources the API revision must wait for (the migration run of this image): see __main__.py.
+    api_depends_on: Sequence[pulumi.Resource] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
-def _env(values: Mapping[str, pulumi.Input[str]], secrets: Sequence[KeyVaultSecretRef]) -> list[app.EnvironmentVarArgs]:
+def _env(values: Mapping[str, pulumi.Input[str]], secrets: Sequence[KeyVaultSecretRef] = ()) -> list[app.EnvironmentVarArgs]:
     return [app.EnvironmentVarArgs(name=k, value=v) for k, v in values.items()] + [
         app.EnvironmentVarArgs(name=s.env, secret_ref=s.name) for s in secrets
     ]
 
 
-def _secrets(refs: Sequence[KeyVaultSecretRef], identity_id: pulumi.Input[str]) -> list[app.SecretArgs]:
-    return [app.SecretArgs(name=s.name, key_vault_url=s.url, identity=identity_id) for s in refs]
+def _secrets(refs: Sequence[KeyVaultSecretRef]) -> list[app.SecretArgs]:
+    return [app.SecretArgs(name=s.name, key_vault_url=s.url, identity=s.identity_id) for s in refs]
+
+
+def reads_key_vault(vault_uri: pulumi.Input[str], identity_client_id: pulumi.Input[str]) -> dict[str, pulumi.Input[str]]:
+    """The settings that make `palisade` read its secrets from Key Vault as one managed identity."""
+    return {
+        "PALISADE_SECRET_PROVIDER": "keyvault",
+        "PALISADE_KEY_VAULT_URL": vault_uri,
+        "PALISADE_AZURE_MANAGED_IDENTITY_CLIENT_ID": identity_client_id,
+        "AZURE_CLIENT_ID": identity_client_id,
+    }
 
 
 class AppHosting(pulumi.ComponentResource):
-    app_fqdn: pulumi.Output[str]
+    """The API (app container + cloudflared + optional collector) and the migration job."""
+
+    app_id: pulumi.Output[str]
+    job_id: pulumi.Output[str]
     migration_job_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: AppHostingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:AppHosting", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        registries = (
-            [app.RegistryCredentialsArgs(server=args.registry_server, identity=args.app_identity_id)]
-            if args.registry_server else None
-        )
 
-        app_settings: dict[str, pulumi.Input[str]] = {
+        common: dict[str, pulumi.Input[str]] = {
             "PALISADE_MODE": "production",
             "PALISADE_ISSUERS": json.dumps([i.to_app() for i in args.issuers], separators=(",", ":")),
-            "PALISADE_TRUSTED_PROXIES": ",".join(args.trusted_proxies),
-            "PALISADE_CLOUDFLARE_RANGES": ",".join(args.cloudflare_ranges),
-            "PALISADE_SECRET_PROVIDER": "keyvault",
-            "PALISADE_KEY_VAULT_URL": args.vault_uri,
+            "PALISADE_LOG_JSON": "true",
+        }
+        app_settings: dict[str, pulumi.Input[str]] = {
+            **common,
+            **reads_key_vault(args.vault_uri, args.app_identity_client_id),
             "PALISADE_KEK_PROVIDER": "keyvault",
             "PALISADE_KEK_KEY_URL": args.kek_uri,
-            "AZURE_CLIENT_ID": args.app_identity_client_id,
-            "PALISADE_AZURE_MANAGED_IDENTITY_CLIENT_ID": args.app_identity_client_id,
+            # Only the app's own host name is served; the tunnel routes nothing else here either.
+            "PALISADE_ALLOWED_HOSTS": args.domain,
+            # The Cloudflare hop is the cloudflared sidecar on loopback: it alone names the client
+            # (CF-Connecting-IP) and the scheme the visitor used.
+            "PALISADE_CLOUDFLARE_RANGES": "127.0.0.1/32",
             "PALISADE_TURNSTILE_EXPECTED_HOSTNAME": args.domain,
-            "PALISADE_LOG_JSON": "true",
             "OTEL_SERVICE_NAME": "palisade",
             "OTEL_RESOURCE_ATTRIBUTES": f"deployment.environment={args.stack},service.namespace={args.prefix}",
             "OTEL_TRACES_EXPORTER": "otlp",
@@ -228,17 +234,26 @@ class AppHosting(pulumi.ComponentResource):
             app.ContainerArgs(
                 name="api",
                 image=args.image,
-                command=["palisade", "serve", "--host", "0.0.0.0", "--port", str(args.port)],
+                args=["serve", "--host", "0.0.0.0", "--port", str(args.port)],
                 resources=app.ContainerResourcesArgs(cpu=args.cpu, memory=args.memory),
-                env=_env(app_settings, args.app_secrets),
+                env=_env(app_settings),
                 probes=[
                     probe("Startup", "/health/live", period_seconds=5, failure_threshold=24, timeout_seconds=3),
                     probe("Liveness", "/health/live", period_seconds=10, failure_threshold=3, timeout_seconds=3),
                     probe("Readiness", "/health/ready", period_seconds=10, failure_threshold=3, timeout_seconds=5),
                 ],
-            )
+            ),
+            # Dials out to Cloudflare (QUIC, so TLS 1.3) and forwards the app's host name, and
+            # nothing else, to the API on loopback (the tunnel's ingress rules, edge.py).
+            app.ContainerArgs(
+                name="cloudflared",
+                image=args.cloudflared_image,
+                args=["tunnel", "--no-autoupdate", "--protocol", "quic", "--metrics", "127.0.0.1:20241", "run"],
+                resources=app.ContainerResourcesArgs(cpu=0.25, memory="0.5Gi"),
+                env=_env({}, [args.tunnel_token]),
+            ),
         ]
-        secret_refs = list(args.app_secrets)
+        secret_refs = [args.tunnel_token]
         if not args.otlp_endpoint and args.collector_secret is not None:
             secret_refs.append(args.collector_secret)
             containers.append(
@@ -258,48 +273,29 @@ class AppHosting(pulumi.ComponentResource):
             container_app_name=app_name(args.prefix),
             environment_id=args.environment_id,
             workload_profile_name=WORKLOAD_PROFILE,
-            identity=app.ManagedServiceIdentityArgs(type="UserAssigned", user_assigned_identities=[args.app_identity_id]),
+            identity=app.ManagedServiceIdentityArgs(
+                type="UserAssigned", user_assigned_identities=[args.app_identity_id, args.tunnel_identity_id]
+            ),
             configuration=app.ConfigurationArgs(
+                # Single: a new revision takes all traffic once ready; the old one serves until then.
                 active_revisions_mode="Single",
-                ingress=app.IngressArgs(
-                    external=True,
-                    target_port=args.port,
-                    transport="auto",
-                    allow_insecure=False,
-                    client_certificate_mode="ignore",
-                    # Listing any Allow rule denies everything else: only Cloudflare reaches the app.
-                    ip_security_restrictions=[
-                        app.IpSecurityRestrictionRuleArgs(
-                            name=f"cloudflare-{i}", action="Allow", ip_address_range=cidr, description="Cloudflare edge"
-                        )
-                        for i, cidr in enumerate(args.ingress_allowed_ranges)
-                    ],
-                    custom_domains=[
-                        app.CustomDomainArgs(name=args.domain, binding_type="SniEnabled", certificate_id=args.certificate_id)
-                    ],
+                # No ingress: nothing, not even the VNet, addresses the replicas; the tunnel is the way in.
+                secrets=_secrets(secret_refs),
+                registries=(
+                    [app.RegistryCredentialsArgs(server=args.registry_server, identity=args.app_identity_id)]
+                    if args.registry_server else None
                 ),
-                secrets=_secrets(secret_refs, args.app_identity_id),
-                registries=registries,
             ),
             template=app.TemplateArgs(
                 containers=containers,
-                scale=app.ScaleArgs(
-                    min_replicas=args.min_replicas,
-                    max_replicas=args.max_replicas,
-                    rules=[app.ScaleRuleArgs(name="http", http=app.HttpScaleRuleArgs(metadata={"concurrentRequests": "50"}))],
-                ),
+                scale=app.ScaleArgs(min_replicas=args.min_replicas, max_replicas=args.max_replicas),
             ),
             tags=dict(args.tags),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.api_depends_on)),
         )
 
-        # The migration job: the only workload given the schema owner's URL. `palisade migrate`
-        # validates production settings as a whole, hence the issuers and the Turnstile secret.
-        job_settings = {
-            "PALISADE_MODE": "production",
-            "PALISADE_ISSUERS": app_settings["PALISADE_ISSUERS"],
-            "PALISADE_LOG_JSON": "true",
-        }
+        # The migration job: the only workload whose identity may read the schema owner's URL.
+        job_settings = {**common, **reads_key_vault(args.vault_uri, args.migrator_identity_client_id)}
         job = app.Job(
             f"{name}-migrate",
             resource_group_name=args.resource_group_name,
@@ -316,7 +312,6 @@ class AppHosting(pulumi.ComponentResource):
                 # A failed migration is looked at, not retried blindly.
                 replica_retry_limit=0,
                 manual_trigger_config=app.JobConfigurationManualTriggerConfigArgs(parallelism=1, replica_completion_count=1),
-                secrets=_secrets(args.migration_secrets, args.migrator_identity_id),
                 registries=(
                     [app.RegistryCredentialsArgs(server=args.registry_server, identity=args.migrator_identity_id)]
                     if args.registry_server else None
@@ -327,9 +322,9 @@ class AppHosting(pulumi.ComponentResource):
                     app.ContainerArgs(
                         name="migrate",
                         image=args.image,
-                        command=["palisade", "migrate"],
+                        args=["migrate"],
                         resources=app.ContainerResourcesArgs(cpu=0.5, memory="1Gi"),
-                        env=_env(job_settings, args.migration_secrets),
+                        env=_env(job_settings),
                     )
                 ]
             ),
@@ -337,6 +332,7 @@ class AppHosting(pulumi.ComponentResource):
             opts=child,
         )
 
-        self.app_fqdn = container_app.latest_revision_fqdn
+        self.app_id = container_app.id
+        self.job_id = job.id
         self.migration_job_name = job.name
         self.register_outputs({"migration_job_name": self.migration_job_name})

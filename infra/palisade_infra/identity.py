@@ -6,7 +6,13 @@ Three identities, three trust scopes:
 | ---------- | ------------------------------------ | --------------------------------------------- |
 | `app`      | the API replicas                     | its own secrets; wrap/unwrap with the KEK     |
 | `migrator` | the migration job                    | the admin (schema owner) URL, the app URL     |
-| `ingress`  | the Container Apps environment       | the origin certificate                        |
+| `tunnel`   | the API's cloudflared sidecar        | the tunnel token                              |
+
+The app reads its secrets itself (`palisade` with the keyvault provider, as the `app` identity);
+Container Apps resolves only the sidecars' references. Every identity assigned to a container app
+is usable by each container of it (the platform's token endpoint does not tell containers apart),
+so the `tunnel` identity keeps the tunnel token away from the migration job, not from a
+compromised API process.
 
 Every assignment is scoped to one secret or one key inside the vault, narrower than the vault
 itself; nothing is granted at resource-group, subscription or management-group scope.
@@ -38,7 +44,7 @@ class IdentityArgs:
     kek_id: pulumi.Input[str]
     app_secrets: Sequence[str]
     migrator_secrets: Sequence[str]
-    ingress_secrets: Sequence[str]
+    tunnel_secrets: Sequence[str]
     federated_credentials: Sequence[FederatedCredential] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -53,7 +59,7 @@ class ManagedIdentity:
 class Identity(pulumi.ComponentResource):
     app: ManagedIdentity
     migrator: ManagedIdentity
-    ingress: ManagedIdentity
+    tunnel: ManagedIdentity
 
     def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Identity", name, None, opts)
@@ -81,7 +87,7 @@ class Identity(pulumi.ComponentResource):
             return pulumi.Output.from_input(args.vault_id).apply(lambda vault_id: f"{vault_id}/secrets/{secret_name}")
 
         identities = {}
-        for who in ("app", "migrator", "ingress"):
+        for who in ("app", "migrator", "tunnel"):
             identities[who] = managedidentity.UserAssignedIdentity(
                 f"{name}-{who}",
                 resource_group_name=args.resource_group_name,
@@ -92,7 +98,7 @@ class Identity(pulumi.ComponentResource):
             )
 
         for who, secret_names in (("app", args.app_secrets), ("migrator", args.migrator_secrets),
-                                  ("ingress", args.ingress_secrets)):
+                                  ("tunnel", args.tunnel_secrets)):
             for secret_name in secret_names:
                 grant(f"{who}-reads-{secret_name}", identities[who], KEY_VAULT_SECRETS_USER, secret_scope(secret_name))
         grant("app-wraps-with-kek", identities["app"], KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, args.kek_id)
@@ -111,8 +117,8 @@ class Identity(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.app, self.migrator, self.ingress = (
+        self.app, self.migrator, self.tunnel = (
             ManagedIdentity(i.id, i.client_id, i.principal_id)
-            for i in (identities["app"], identities["migrator"], identities["ingress"])
+            for i in (identities["app"], identities["migrator"], identities["tunnel"])
         )
         self.register_outputs({"app_client_id": self.app.client_id, "app_identity_id": self.app.id})

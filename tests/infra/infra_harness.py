@@ -26,6 +26,7 @@ POLICY = INFRA / "policy"
 SUBSCRIPTION = "11111111-2222-4333-8444-555555555555"
 TENANT = "66666666-7777-4888-9999-000000000000"
 SECRET_MARK = "MOCKSECRET"
+TUNNEL_ID = "7f3e0d3c-5b1a-4c2e-9d8f-0a1b2c3d4e5f"
 
 # type token -> (ARM provider/type, input holding the resource's name)
 AZURE_TYPES = {
@@ -91,6 +92,9 @@ class PalisadeMocks(pulumi.runtime.Mocks):
         self.calls.append(args.token)
         if args.token == "azure-native:authorization:getClientConfig":
             return {"clientId": "deployer", "objectId": "deployer-object", "subscriptionId": SUBSCRIPTION, "tenantId": TENANT}
+        if args.token == "cloudflare:index/getZeroTrustTunnelCloudflaredToken:getZeroTrustTunnelCloudflaredToken":
+            return {"accountId": args.args.get("accountId"), "tunnelId": args.args.get("tunnelId"),
+                    "token": f"{SECRET_MARK}-tunnel-token"}
         raise NotImplementedError(f"unexpected invoke {args.token}")
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -117,6 +121,8 @@ class PalisadeMocks(pulumi.runtime.Mocks):
                 rid += f"/providers/{arm_type}/{name}"
             else:
                 rid += f"/providers/mock/{args.name}"
+        if token == "cloudflare:index/zeroTrustTunnelCloudflared:ZeroTrustTunnelCloudflared":
+            rid = TUNNEL_ID
         state["id"] = rid
         identity = inputs.get("identity")
         if isinstance(identity, dict) and isinstance(identity.get("userAssignedIdentities"), list):

@@ -99,9 +99,11 @@ class TestValidation:
     def test_the_app_never_runs_as_the_schema_owner(self):
         assert "appRole must differ" in problems(appRole="palisade_admin")
 
-    def test_cloudflare_ranges_must_include_ipv4(self):
-        assert "cloudflareRanges" in problems(cloudflareRanges='["2400:cb00::/32"]')
-        assert "cloudflareRanges entry 'not-a-cidr'" in problems(cloudflareRanges='["not-a-cidr"]')
+    def test_zone_wide_hsts_needs_the_zone_settings_opt_in(self):
+        # includeSubDomains at the edge would force HTTPS on every host of the customer's zone.
+        assert "manageZoneSettings" in problems(hstsIncludeSubdomains=True)
+        assert "manageZoneSettings" in problems(hstsPreload=True, hstsIncludeSubdomains=True)
+        stack_config.parse(raw(hstsIncludeSubdomains=True, manageZoneSettings=True))
 
     def test_edge_lists_are_checked(self):
         assert "blockedCountries entry 'Korea'" in problems(blockedCountries='["Korea"]')

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from infra_harness import SECRET_MARK, TENANT, ProgramRun, example_stack_config, is_secret, run_program
+from infra_harness import SECRET_MARK, TENANT, TUNNEL_ID, ProgramRun, example_stack_config, is_secret, run_program
 from palisade_infra import defaults
 
 SERVER = "azure-native:dbforpostgresql:Server"
@@ -25,6 +25,8 @@ RULESET = "cloudflare:index/ruleset:Ruleset"
 ZONE_SETTING = "cloudflare:index/zoneSetting:ZoneSetting"
 DNS = "cloudflare:index/dnsRecord:DnsRecord"
 
+# Every edge rule starts by matching the app's host name (the rest of the zone is not ours).
+HOST = '(http.host eq "palisade.example.com") and '
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
 
@@ -60,6 +62,13 @@ def grants(run: ProgramRun) -> dict[str, set[tuple[str, str]]]:
         tail = r.inputs["scope"].split("/providers/Microsoft.KeyVault/vaults/", 1)[1].split("/", 1)[1]
         out.setdefault(who, set()).add((r.inputs["roleDefinitionId"].rsplit("/", 1)[1], tail))
     return out
+
+
+@pytest.fixture(scope="module")
+def zone_managed() -> ProgramRun:
+    """The example stack with the zone-wide settings opted in."""
+    return run_program({**example_stack_config(), "palisade:manageZoneSettings": True,
+                        "palisade:hstsIncludeSubdomains": True})
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +175,8 @@ class TestDatabase:
 
 class TestSecretsStayInTheVault:
     def test_generated_secrets_travel_only_to_the_vault_and_their_one_consumer(self, example):
-        # Where a generated secret may be an input at all: the vault, the server's own admin
-        # password, and the CSR built from the origin key (signed locally, never sent as-is).
-        allowed = {SECRET, SERVER, "tls:index/certRequest:CertRequest"}
+        # Where a generated secret may be an input at all: the vault, and the server's own admin password.
+        allowed = {SECRET, SERVER}
         seen = set()
         for r in example.resources:
             for path, wrapped in secret_occurrences(r.raw_inputs):
@@ -247,9 +255,8 @@ class TestIdentity:
             "id-palisade-migrator": {
                 (SECRETS_USER, "secrets/admin-database-url"),
                 (SECRETS_USER, "secrets/database-url"),
-                (SECRETS_USER, "secrets/turnstile-secret"),
             },
-            "id-palisade-ingress": {(SECRETS_USER, "secrets/origin-tls")},
+            "id-palisade-tunnel": {(SECRETS_USER, "secrets/cloudflared-tunnel-token")},
         }
 
     def test_federated_credentials_are_configurable(self, example, variant):
@@ -277,49 +284,23 @@ class TestAppHosting:
         assert probes["Liveness"] == "/health/live" and probes["Readiness"] == "/health/ready"
         assert all(p["httpGet"]["port"] == 8000 for p in api["probes"])
 
-    def test_ingress_admits_only_cloudflare(self, example):
-        ingress = example.one(CONTAINER_APP).inputs["configuration"]["ingress"]
-        assert ingress["allowInsecure"] is False and ingress["external"] is True
-        rules = ingress["ipSecurityRestrictions"]
-        assert {r["action"] for r in rules} == {"Allow"}
-        assert [r["ipAddressRange"] for r in rules] == list(defaults.CLOUDFLARE_IPV4)
-        domain = ingress["customDomains"][0]
-        assert (domain["name"], domain["bindingType"]) == ("palisade.example.com", "SniEnabled")
+    def test_nothing_reaches_a_replica_but_the_tunnel(self, example):
+        # No ingress on the app and an internal environment: no public endpoint exists at all.
+        assert "ingress" not in example.one(CONTAINER_APP).inputs["configuration"]
+        assert example.one(ENVIRONMENT).inputs["vnetConfiguration"]["internal"] is True
+        assert not example.of_type("azure-native:app:Certificate")
 
-    def test_origin_certificate_comes_from_the_vault_through_the_ingress_identity(self, example):
-        cert = example.one("azure-native:app:Certificate").inputs["properties"]["certificateKeyVaultProperties"]
-        assert cert["keyVaultUrl"].endswith("/secrets/origin-tls")
-        assert cert["identity"].endswith("/userAssignedIdentities/id-palisade-ingress")
-        env_identities = example.one(ENVIRONMENT).inputs["identity"]["userAssignedIdentities"]
-        assert env_identities == [cert["identity"]]
-
-    def test_secrets_are_key_vault_references_resolved_by_the_app_identity(self, example):
+    def test_cloudflared_runs_beside_the_api_with_the_tunnel_token_from_the_vault(self, example):
         app = example.one(CONTAINER_APP).inputs
-        identity = app["identity"]["userAssignedIdentities"][0]
-        assert identity.endswith("/id-palisade-app")
-        vault_uri = example.outputs["keyVaultUri"]
-        for secret in app["configuration"]["secrets"]:
-            assert set(secret) == {"name", "keyVaultUrl", "identity"}, secret
-            assert secret["keyVaultUrl"] == f"{vault_uri}secrets/{secret['name']}"
-            assert secret["identity"] == identity
-        env = env_of(app["template"]["containers"][0])
-        assert env["PALISADE_DATABASE_URL"] == {"name": "PALISADE_DATABASE_URL", "secretRef": "database-url"}
-        assert env["PALISADE_TURNSTILE_SECRET"]["secretRef"] == "turnstile-secret"
-        assert "PALISADE_ADMIN_DATABASE_URL" not in env
-
-    def test_app_settings_match_the_app(self, example):
-        env = env_of(example.one(CONTAINER_APP).inputs["template"]["containers"][0])
-        value = {k: v.get("value") for k, v in env.items()}
-        assert value["PALISADE_MODE"] == "production"
-        assert json.loads(value["PALISADE_ISSUERS"]) == [
-            {"issuer": "https://sso.example.com/realms/palisade", "audience": "palisade-api", "roles_claim": "realm_access.roles"}]
-        assert value["PALISADE_TRUSTED_PROXIES"] == "10.42.0.0/23"
-        assert value["PALISADE_CLOUDFLARE_RANGES"].split(",") == list(defaults.CLOUDFLARE_RANGES)
-        assert (value["PALISADE_SECRET_PROVIDER"], value["PALISADE_KEK_PROVIDER"]) == ("keyvault", "keyvault")
-        assert value["PALISADE_KEY_VAULT_URL"] == example.outputs["keyVaultUri"]
-        assert value["PALISADE_KEK_KEY_URL"] == example.outputs["keyVaultUri"] + "keys/palisade-kek"
-        assert value["AZURE_CLIENT_ID"] == example.outputs["appIdentityClientId"]
-        assert value["PALISADE_TURNSTILE_EXPECTED_HOSTNAME"] == "palisade.example.com"
+        containers = {c["name"]: c for c in app["template"]["containers"]}
+        cloudflared = containers["cloudflared"]
+        assert cloudflared["args"][:3] == ["tunnel", "--no-autoupdate", "--protocol"] and "quic" in cloudflared["args"]
+        assert env_of(cloudflared)["TUNNEL_TOKEN"] == {"name": "TUNNEL_TOKEN", "secretRef": "cloudflared-tunnel-token"}
+        secrets = {s["name"]: s for s in app["configuration"]["secrets"]}
+        assert secrets["cloudflared-tunnel-token"]["identity"].endswith("/id-palisade-tunnel")
+        assert vault_secret(example, defaults.TUNNEL_TOKEN)["properties"]["value"] == f"{SECRET_MARK}-tunnel-token"
+        # The API container itself takes no secret from the platform: it reads its own.
+        assert not [e for e in containers["api"]["env"] if "secretRef" in e]
 
     def test_traces_are_wired_to_application_insights(self, example, variant):
         containers = {c["name"]: c for c in example.one(CONTAINER_APP).inputs["template"]["containers"]}
@@ -331,50 +312,54 @@ class TestAppHosting:
         assert "127.0.0.1:4318" in collector["OTELCOL_CONFIG"]["value"]
         # With a collector of their own, no sidecar and no App Insights secret.
         other = variant.one(CONTAINER_APP).inputs["template"]["containers"]
-        assert [c["name"] for c in other] == ["api"]
+        assert [c["name"] for c in other] == ["api", "cloudflared"]
         assert env_of(other[0])["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "https://otel.example.com"
 
-    def test_migration_job_runs_with_the_admin_url_from_the_vault(self, example):
-        job = example.one(JOB).inputs
-        assert job["configuration"]["triggerType"] == "Manual"
-        identity = job["identity"]["userAssignedIdentities"][0]
-        assert identity.endswith("/id-palisade-migrator")
-        assert {s["name"] for s in job["configuration"]["secrets"]} == set(defaults.MIGRATION_SECRET_ENV)
-        assert all(s["identity"] == identity and "value" not in s for s in job["configuration"]["secrets"])
-        container = job["template"]["containers"][0]
-        assert container["command"] == ["palisade", "migrate"]
-        assert env_of(container)["PALISADE_ADMIN_DATABASE_URL"]["secretRef"] == "admin-database-url"
-
-    def test_optional_secrets_are_vault_references_too(self, variant):
-        assert vault_secret(variant, defaults.SENTRY_DSN)["properties"]["value"].startswith("https://")
+    def test_the_registry_is_pulled_with_the_workloads_own_identity(self, variant):
         app = variant.one(CONTAINER_APP).inputs
-        assert env_of(app["template"]["containers"][0])["PALISADE_SENTRY_DSN"]["secretRef"] == "sentry-dsn"
-        assert (SECRETS_USER, "secrets/sentry-dsn") in grants(variant)["id-palisade-app"]
         registry = app["configuration"]["registries"][0]
         assert registry == {"server": "palisadeacr.azurecr.io", "identity": app["identity"]["userAssignedIdentities"][0]}
+        assert (SECRETS_USER, "secrets/sentry-dsn") in grants(variant)["id-palisade-app"]
 
 
 class TestEdge:
-    def test_dns_record_is_proxied_to_the_app(self, example):
-        records = {r.inputs["type"]: r.inputs for r in example.of_type(DNS)}
-        app = records["CNAME"]
-        assert app["name"] == "palisade.example.com" and app["proxied"] is True
-        assert app["content"] == "ca-palisade-api.happy-sky-0123abcd.westeurope.azurecontainerapps.io"
-        assert records["TXT"]["name"] == "asuid.palisade.example.com" and records["TXT"]["proxied"] is False
+    def test_the_app_host_name_is_a_proxied_record_for_the_tunnel(self, example):
+        (record,) = [r.inputs for r in example.of_type(DNS)]
+        assert (record["name"], record["type"], record["proxied"]) == ("palisade.example.com", "CNAME", True)
+        assert record["content"] == f"{TUNNEL_ID}.cfargotunnel.com"
 
-    def test_zone_tls_settings(self, example):
-        settings = {r.inputs["settingId"]: r.inputs["value"] for r in example.of_type(ZONE_SETTING)}
-        assert settings["ssl"] == "strict"
-        assert settings["min_tls_version"] == "1.2"
-        assert settings["tls_1_3"] == "on"
-        assert settings["always_use_https"] == "on"
-        hsts = settings["security_header"]["strict_transport_security"]
-        assert hsts["enabled"] is True and hsts["max_age"] == 31_536_000 and hsts["include_subdomains"] is True
+    def test_the_tunnel_routes_only_the_app_host_name_to_the_api_on_loopback(self, example):
+        tunnel = example.one("cloudflare:index/zeroTrustTunnelCloudflared:ZeroTrustTunnelCloudflared").inputs
+        assert tunnel["configSrc"] == "cloudflare"
+        config = example.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig").inputs
+        assert config["tunnelId"] == TUNNEL_ID
+        assert config["config"]["ingresses"] == [
+            {"hostname": "palisade.example.com", "service": "http://localhost:8000"},
+            {"service": "http_status:404"},
+        ]
 
-    def test_origin_certificate_is_from_the_cloudflare_origin_ca(self, example):
-        cert = example.one("cloudflare:index/originCaCertificate:OriginCaCertificate").inputs
-        assert cert["hostnames"] == ["palisade.example.com"] and cert["requestType"] == "origin-ecc"
-        assert vault_secret(example, defaults.ORIGIN_TLS)["properties"]["contentType"] == "application/x-pem-file"
+    def test_tls_1_3_for_the_app_host_name_and_nothing_zone_wide_by_default(self, example, zone_managed):
+        (tls,) = [r.inputs for r in example.of_type("cloudflare:index/hostnameTlsSetting:HostnameTlsSetting")]
+        assert (tls["hostname"], tls["settingId"], tls["value"]) == ("palisade.example.com", "min_tls_version", "1.3")
+        assert not example.of_type(ZONE_SETTING)
+        settings = {r.inputs["settingId"]: r.inputs["value"] for r in zone_managed.of_type(ZONE_SETTING)}
+        assert (settings["ssl"], settings["tls_1_3"], settings["always_use_https"], settings["0rtt"]) == (
+            "strict", "on", "on", "off")
+        assert settings["security_header"]["strict_transport_security"]["include_subdomains"] is True
+
+    def test_every_edge_rule_matches_the_app_host_name_only(self, example):
+        rules = [rule for r in example.of_type(RULESET) for rule in r.inputs["rules"]]
+        assert len(rules) >= 5
+        for rule in rules:
+            assert rule["expression"].startswith('(http.host eq "palisade.example.com")'), rule
+
+    def test_plain_http_is_redirected_to_https(self, example):
+        (redirect,) = [r.inputs for r in example.of_type(RULESET) if r.inputs["phase"] == "http_request_dynamic_redirect"]
+        rule = redirect["rules"][0]
+        assert rule["expression"].endswith("and not ssl") and rule["action"] == "redirect"
+        target = rule["actionParameters"]["fromValue"]
+        assert target["statusCode"] == 308 and target["preserveQueryString"] is True
+        assert target["targetUrl"]["expression"].startswith('concat("https://palisade.example.com"')
 
     def test_managed_waf_rulesets_are_deployed(self, example):
         managed = next(r.inputs for r in example.of_type(RULESET) if r.inputs["phase"] == "http_request_firewall_managed")
@@ -384,20 +369,20 @@ class TestEdge:
     def test_custom_rules_block_and_challenge(self, example, variant):
         custom = next(r.inputs for r in example.of_type(RULESET) if r.inputs["phase"] == "http_request_firewall_custom")
         rules = {rule["description"]: rule for rule in custom["rules"]}
-        assert rules["blocked countries"]["expression"] == '(ip.src.country in {"KP"})'
+        assert rules["blocked countries"]["expression"] == HOST + '(ip.src.country in {"KP"})'
         assert rules["blocked countries"]["action"] == "block"
         challenge = rules["challenge on sensitive paths"]
         assert challenge["action"] == "managed_challenge"
-        assert challenge["expression"] == '(http.request.uri.path in {"/api/v1/invitations/accept"})'
+        assert challenge["expression"] == HOST + '(http.request.uri.path in {"/api/v1/invitations/accept"})'
         other = next(r.inputs for r in variant.of_type(RULESET) if r.inputs["phase"] == "http_request_firewall_custom")
-        assert {"action": "block", "expression": "(ip.src.asnum in {64496 64511})"}.items() <= {
+        assert {"action": "block", "expression": HOST + "(ip.src.asnum in {64496 64511})"}.items() <= {
             k: v for rule in other["rules"] if "ASN" in rule["description"] for k, v in rule.items()}.items()
 
     def test_api_is_rate_limited_per_client_ip(self, example):
         limit = next(r.inputs for r in example.of_type(RULESET) if r.inputs["phase"] == "http_ratelimit")
         rule = limit["rules"][0]
         assert rule["action"] == "block"
-        assert rule["expression"] == '(starts_with(http.request.uri.path, "/api/"))'
+        assert rule["expression"] == HOST + '(starts_with(http.request.uri.path, "/api/"))'
         assert rule["ratelimit"]["requestsPerPeriod"] == 100 and rule["ratelimit"]["period"] == 60
         assert "ip.src" in rule["ratelimit"]["characteristics"]
 
@@ -427,7 +412,8 @@ class TestStructure:
             assert qualified_type.startswith("palisade:infra:"), urn
 
     def test_nothing_is_read_from_the_environment_but_the_deploying_tenant(self, example):
-        assert set(example.calls) == {"azure-native:authorization:getClientConfig"}
+        assert set(example.calls) == {"azure-native:authorization:getClientConfig",
+                                      "cloudflare:index/getZeroTrustTunnelCloudflaredToken:getZeroTrustTunnelCloudflaredToken"}
 
     def test_the_stack_is_composed_of_the_components(self, example):
         assert {r.type for r in example.resources if r.type.startswith("palisade:infra:")} == {
