@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # Where secrets come from. `env` (these PALISADE_* settings themselves) is for development
     # only; production reads every secret from Key Vault, owner-only files or systemd credentials.
     secret_provider: Literal["env", "files", "systemd", "keyvault"] = "env"
+    # Optional secrets (sentry-dsn, alert-webhook-secret) to read, by their provider names. Unset:
+    # each is tried and a missing one skipped. Set (even empty): only those are asked for, so an
+    # identity granted exactly them never asks for another (Key Vault answers 403 for an ungranted
+    # name whether or not it exists, and a refusal is fatal).
+    optional_secrets: Annotated[list[str] | None, NoDecode] = None
     key_vault_url: str | None = None
     secrets_dir: Path | None = None
     azure_managed_identity_client_id: str | None = None
@@ -124,7 +129,8 @@ class Settings(BaseSettings):
             return TypeAdapter(list[IssuerConfig]).validate_json(value) if value.strip() else []
         return value
 
-    @field_validator("cors_allow_origins", "trusted_proxies", "cloudflare_ranges", "allowed_hosts", mode="before")
+    @field_validator("cors_allow_origins", "trusted_proxies", "cloudflare_ranges", "allowed_hosts", "optional_secrets",
+                     mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -209,6 +215,7 @@ SECRET_FIELDS = {
 # for the schema owner's URL, so its identity needs no access to it (in Azure, a role assignment
 # per secret: asking for an ungranted one is a 403, which is fatal, never skipped).
 APP_SECRETS = ("database_url", "turnstile_secret", "sentry_dsn", "alert_webhook_secret")
+OPTIONAL_SECRETS = ("sentry_dsn", "alert_webhook_secret")
 # `palisade migrate`: the schema owner's URL, and the app's URL to create the app role with its password.
 MIGRATION_SECRETS = ("admin_database_url", "database_url")
 
@@ -232,6 +239,11 @@ def load_settings(*, secrets: tuple[str, ...] = APP_SECRETS, **overrides: object
     if given:
         raise ValueError("secrets must come from the secret provider, not the environment: "
                          + ", ".join("PALISADE_" + f.upper() for f in given))
+    if base.optional_secrets is not None:
+        known = {SECRET_FIELDS[f] for f in OPTIONAL_SECRETS}
+        if set(base.optional_secrets) - known:
+            raise ValueError(f"PALISADE_OPTIONAL_SECRETS may name only {', '.join(sorted(known))}")
+        secrets = tuple(f for f in secrets if f not in OPTIONAL_SECRETS or SECRET_FIELDS[f] in base.optional_secrets)
     provider = provider_for(base)
     values: dict[str, str] = {}
     for field in secrets:

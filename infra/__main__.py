@@ -104,12 +104,26 @@ hosting = AppHosting("app", AppHostingArgs(
     migrator_identity_id=identity.migrator.id, migrator_identity_client_id=identity.migrator.client_id,
     tunnel_identity_id=identity.tunnel.id, vault_uri=secrets.vault_uri, kek_uri=secrets.kek_uri,
     issuers=cfg.issuers, tunnel_token=sidecar_secret(defaults.TUNNEL_TOKEN, "TUNNEL_TOKEN", identity.tunnel.id),
-    cloudflared_image=cfg.cloudflared_image, cors_allow_origins=cfg.cors_allow_origins,
+    cloudflared_image=cfg.cloudflared_image,
+    optional_secrets=[name for name in defaults.OPTIONAL_APP_SECRETS if name in app_secrets], cors_allow_origins=cfg.cors_allow_origins,
     alert_webhook_url=cfg.alert_webhook_url, otlp_endpoint=cfg.otlp_endpoint, collector_image=cfg.collector_image,
     collector_secret=sidecar_secret(defaults.APPINSIGHTS_CONNECTION_STRING, "APPLICATIONINSIGHTS_CONNECTION_STRING",
                                     identity.app.id) if use_collector else None,
     registry_server=cfg.registry_server, tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[identity, edge_dns]))
+
+# Monitoring and alerts: PostgreSQL and app diagnostic settings, log and metric alert rules wired to
+# one action group, opt-in Defender plans (alerting.py). Last: it watches what is declared above.
+from palisade_infra.alerting import Alerting, AlertingArgs  # noqa: E402
+
+alerting = Alerting("alerting", AlertingArgs(
+    prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
+    log_workspace_id=monitoring.workspace_id, postgres_server_id=database.server_id, vault_id=secrets.vault.id,
+    container_app_id=hosting.app_id, job_id=hosting.job_id, alert_emails=cfg.alert_emails,
+    # Read as a secret: the URL may carry a token (cfg only validated it).
+    webhook_url=palisade_config.get_secret("azureMonitorWebhookUrl") if cfg.azure_monitor_webhook_url else None,
+    defender_plans=cfg.defender_plans, tags=tags,
+))
 
 # Plain outputs only: nothing here is a secret (the vault holds those).
 pulumi.export("appUrl", cfg.app_url)

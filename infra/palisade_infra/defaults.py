@@ -40,6 +40,8 @@ ALERT_WEBHOOK_SECRET = "alert-webhook-secret"
 # schema owner's URL; `palisade serve` never asks for it, `palisade migrate` asks for both URLs.
 APP_SECRETS = (DATABASE_URL, TURNSTILE_SECRET, SENTRY_DSN, ALERT_WEBHOOK_SECRET)
 MIGRATION_SECRETS = (ADMIN_DATABASE_URL, DATABASE_URL)
+# Of the app's secrets, those it reads only when the stack stores them (PALISADE_OPTIONAL_SECRETS).
+OPTIONAL_APP_SECRETS = (SENTRY_DSN, ALERT_WEBHOOK_SECRET)
 # Stack config keys whose values go to the vault under these names.
 SECRET_CONFIG_KEYS = {"sentryDsn": SENTRY_DSN, "alertWebhookSecret": ALERT_WEBHOOK_SECRET}
 

@@ -156,6 +156,8 @@ class AppHostingArgs:
     issuers: Sequence[Issuer]
     tunnel_token: KeyVaultSecretRef
     cloudflared_image: str
+    # Optional secrets the app reads (stored in the vault and granted to its identity).
+    optional_secrets: Sequence[str] = ()
     cors_allow_origins: Sequence[str] = ()
     alert_webhook_url: str | None = None
     otlp_endpoint: str | None = None
@@ -177,10 +179,14 @@ def _secrets(refs: Sequence[KeyVaultSecretRef]) -> list[app.SecretArgs]:
     return [app.SecretArgs(name=s.name, key_vault_url=s.url, identity=s.identity_id) for s in refs]
 
 
-def reads_key_vault(vault_uri: pulumi.Input[str], identity_client_id: pulumi.Input[str]) -> dict[str, pulumi.Input[str]]:
-    """The settings that make `palisade` read its secrets from Key Vault as one managed identity."""
+def reads_key_vault(
+    vault_uri: pulumi.Input[str], identity_client_id: pulumi.Input[str], optional_secrets: Sequence[str] = ()
+) -> dict[str, pulumi.Input[str]]:
+    """The settings that make `palisade` read its secrets from Key Vault as one managed identity:
+    its required ones, and of the optional ones exactly those this stack stores and grants."""
     return {
         "PALISADE_SECRET_PROVIDER": "keyvault",
+        "PALISADE_OPTIONAL_SECRETS": ",".join(optional_secrets),
         "PALISADE_KEY_VAULT_URL": vault_uri,
         "PALISADE_AZURE_MANAGED_IDENTITY_CLIENT_ID": identity_client_id,
         "AZURE_CLIENT_ID": identity_client_id,
@@ -205,7 +211,7 @@ class AppHosting(pulumi.ComponentResource):
         }
         app_settings: dict[str, pulumi.Input[str]] = {
             **common,
-            **reads_key_vault(args.vault_uri, args.app_identity_client_id),
+            **reads_key_vault(args.vault_uri, args.app_identity_client_id, args.optional_secrets),
             "PALISADE_KEK_PROVIDER": "keyvault",
             "PALISADE_KEK_KEY_URL": args.kek_uri,
             # Only the app's own host name is served; the tunnel routes nothing else here either.

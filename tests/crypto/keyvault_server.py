@@ -77,7 +77,8 @@ class TestPKI:
     key_file: Path
 
     @classmethod
-    def create(cls, directory: Path) -> TestPKI:
+    def create(cls, directory: Path, *, dns_names: tuple[str, ...] = ()) -> TestPKI:
+        """`dns_names`: more names the server certificate is valid for (e.g. a vault's real host name)."""
         now = dt.datetime.now(dt.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Palisade test CA")])
@@ -107,7 +108,8 @@ class TestPKI:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+                                             *(x509.DNSName(n) for n in dns_names)]),
                 critical=False,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -192,13 +194,14 @@ class _Handler(BaseHTTPRequestHandler):
 class _TLSServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, pki: TestPKI, app: Callable[[Exchange], Reply]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.socket = pki.server_context().wrap_socket(self.socket, server_side=True)
+    def __init__(self, pki: TestPKI | None, app: Callable[[Exchange], Reply], port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        if pki is not None:
+            self.socket = pki.server_context().wrap_socket(self.socket, server_side=True)
         self.app = app
         self.lock = threading.Lock()
         self.exchanges: list[Exchange] = []
-        self.url = f"https://127.0.0.1:{self.server_address[1]}"
+        self.url = f"{'https' if pki else 'http'}://127.0.0.1:{self.server_address[1]}"
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -274,6 +277,16 @@ class FakeEntraID:
         """What a resource server (the fake vault) does with a bearer token from this authority."""
         return jwt.decode(token, self.public_key, algorithms=["RS256"], audience=audience, issuer=self.issuer,
                           options={"require": ["exp", "iat", "aud", "iss", "tid"]})
+
+    def managed_identity_token(self, client_id: str, principal_id: str, resource: str) -> str:
+        """An access token for a managed identity, as Azure's identity endpoint hands out."""
+        now = int(time.time())
+        claims = {"aud": resource, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": self.tenant_id,
+                  "appid": client_id, "azp": client_id, "oid": principal_id, "sub": principal_id, "ver": "2.0",
+                  "idtyp": "app", "xms_mirid": f"managed-identity/{client_id}"}
+        token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+        self.issued.append(token)
+        return token
 
     def _openid_configuration(self, tenant: str) -> dict[str, Any]:
         base = f"{self.url}/{tenant}"
@@ -383,6 +396,16 @@ class _KeyVersion:
     enabled: bool = True
 
 
+def _data_action(collection: str, method: str, rest: list[str]) -> str:
+    """The Key Vault data action an operation needs (what an Azure role definition grants)."""
+    if collection == "secrets":
+        return "secrets/getSecret/action" if method == "GET" else "secrets/setSecret/action"
+    operation = rest[-1] if rest else ""
+    if operation in ("wrapkey", "unwrapkey"):
+        return f"keys/{'wrapKey' if operation == 'wrapkey' else 'unwrapKey'}/action"
+    return "keys/read" if method == "GET" else "keys/write"
+
+
 def _kv_error(status: int, code: str, message: str, inner: str | None = None) -> Reply:
     error: dict[str, Any] = {"code": code, "message": message}
     if inner:
@@ -396,15 +419,18 @@ class FakeKeyVault:
     DEFAULT_KEY_OPS = ["encrypt", "decrypt", "wrapKey", "unwrapKey"]
     SUPPORTED_WRAP = {"RSA-OAEP-256"}
 
-    def __init__(self, pki: TestPKI, authority: FakeEntraID, *, key_size: int = 2048) -> None:
+    def __init__(self, pki: TestPKI, authority: FakeEntraID, *, key_size: int = 2048, port: int = 0) -> None:
         self.authority = authority
         self.key_size = key_size
         self.secrets: dict[str, list[_SecretVersion]] = {}
         self.keys: dict[str, list[_KeyVersion]] = {}
         # client id -> allowed data actions ("secrets/get", "keys/unwrapKey", ...); absent = all.
         self.permissions: dict[str, set[str]] = {}
+        # Azure RBAC by scope, when set: (principal object id, data action, "secrets/<name>" or
+        # "keys/<name>") -> allowed? Replaces `permissions`.
+        self.authorize: Callable[[str, str, str], bool] | None = None
         self.lock = threading.Lock()
-        self._server = _TLSServer(pki, self._route)
+        self._server = _TLSServer(pki, self._route, port)
         self.url = self._server.url
 
     @property
@@ -461,6 +487,7 @@ class FakeKeyVault:
         if claims["tid"] != self.authority.tenant_id:
             return self._unauthorized("AKV10032: Invalid issuer / tenant.")
         client = claims.get("appid", "")
+        principal = claims.get("oid", "")
         body: dict[str, Any] = {}
         if ex.body:
             try:
@@ -473,6 +500,10 @@ class FakeKeyVault:
         if len(segments) < 2 or any(c not in _NAME_CHARS for c in segments[1]) or not segments[1]:
             return _kv_error(400, "BadParameter", f"invalid path {ex.path}")
         collection, name, rest = segments[0], segments[1].lower(), segments[2:]
+        if self.authorize is not None:
+            action = _data_action(collection, ex.method, rest)
+            if not self.authorize(principal, action, f"{collection}/{name}"):
+                return self._forbidden(client, action)
         with self.lock:
             if collection == "secrets":
                 return self._secrets(ex.method, name, rest, body, client)
@@ -603,3 +634,50 @@ class FakeKeyVault:
                 return _kv_error(400, "BadParameter", f"{operation} failed: the value cannot be processed with this key")
             return 200, {"kid": f"{self.url}/keys/{name}/{kv.version}", "value": b64url(out)}, {}
         return _kv_error(405, "MethodNotAllowed", f"{method} is not supported on keys here")
+
+
+# --- the platform's identity endpoint -------------------------------------------------------------
+
+
+class ContainerAppsIdentityEndpoint:
+    """What Azure Container Apps gives a container for its managed identities: an HTTP endpoint on
+    loopback (`IDENTITY_ENDPOINT`) that answers, for a request carrying `X-IDENTITY-HEADER`
+    (`IDENTITY_HEADER`), a token for one of the identities assigned to that app or job, chosen by
+    `client_id` (App Service protocol, api-version 2019-08-01, which azure-identity speaks).
+
+    `identities` maps each assigned identity's client id to its principal (object) id. A client id
+    not assigned here gets the platform's 400, like a real replica asking for a stranger's identity.
+    """
+
+    def __init__(self, authority: FakeEntraID, identities: dict[str, str]) -> None:
+        self.authority = authority
+        self.identities = dict(identities)
+        self.header = uuid.uuid4().hex
+        self.requests: list[tuple[str | None, str | None]] = []
+        self._server = _TLSServer(None, self._route)
+        self.url = f"{self._server.url}/msi/token"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {"IDENTITY_ENDPOINT": self.url, "IDENTITY_HEADER": self.header}
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def _route(self, ex: Exchange) -> Reply:
+        if ex.headers.get("x-identity-header") != self.header:
+            return 401, {"error": "unauthorized", "error_description": "missing or wrong X-IDENTITY-HEADER"}, {}
+        client_id = (ex.query.get("client_id") or [None])[0]
+        resource = (ex.query.get("resource") or [None])[0]
+        self.requests.append((client_id, resource))
+        if not resource:
+            return 400, {"error": "invalid_request", "error_description": "resource is required"}, {}
+        if client_id is None and len(self.identities) == 1:
+            client_id = next(iter(self.identities))
+        if client_id not in self.identities:
+            return 400, {"error": "invalid_request",
+                         "error_description": "Identity not found: no such user-assigned identity on this app"}, {}
+        token = self.authority.managed_identity_token(client_id, self.identities[client_id], resource)
+        expires_on = int(time.time()) + 3600
+        return 200, {"access_token": token, "expires_on": str(expires_on), "resource": resource,
+                     "token_type": "Bearer", "client_id": client_id}, {}

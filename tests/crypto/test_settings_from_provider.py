@@ -94,3 +94,13 @@ class TestEachCommandReadsOnlyItsSecrets:
         result = palisade("migrate", env=production(secrets_dir))
         assert result.returncode == 0, result.stderr
         assert "migrations applied" in result.stdout
+
+    def test_optional_secrets_are_read_only_when_named(self, secrets_dir: Path, database):
+        planted = secrets_dir / "sentry-dsn"
+        planted.write_text("https://key@sentry.example/1\n")
+        planted.chmod(0o644)  # fatal if read
+        assert palisade("doctor", env=production(secrets_dir, PALISADE_OPTIONAL_SECRETS="")).returncode == 0
+        named = palisade("doctor", env=production(secrets_dir, PALISADE_OPTIONAL_SECRETS="sentry-dsn"))
+        assert named.returncode == 1 and "sentry-dsn" in named.stderr
+        unknown = palisade("doctor", env=production(secrets_dir, PALISADE_OPTIONAL_SECRETS="admin-database-url"))
+        assert unknown.returncode == 1 and "PALISADE_OPTIONAL_SECRETS" in unknown.stderr

@@ -1,7 +1,8 @@
 // Test-only OpenID Provider for the Palisade test-suite (started by tests/support/idp.py).
 //
 // Usage: node server.mjs <config.json>
-//   config: { port, issuer, audience, jwks: { keys: [private JWKs] }, access_token_ttl }
+//   config: { port, issuer, audience, jwks: { keys: [private JWKs] }, access_token_ttl,
+//             tls?: { cert, key } (PEM file paths: serve https, for an https issuer) }
 //
 // Client-credentials grants return RFC 9068 JWT access tokens (typ "at+jwt") for the
 // configured audience. oidc-provider sets `sub` of a client-credentials JWT to the
@@ -14,6 +15,7 @@
 //   POST /__test/keys        {keys: [private JWKs]} -> 204 (swaps the signing keys)
 //   GET  /__test/jwks-hits   -> {"hits": n}  (requests served on the jwks_uri)
 import * as http from 'node:http';
+import * as https from 'node:https';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 
@@ -214,7 +216,7 @@ async function handleTestRoute(req, res, pathname) {
   }
 }
 
-const server = http.createServer((req, res) => {
+const handler = (req, res) => {
   const { pathname } = new URL(req.url, issuer);
   if (pathname.startsWith('/__test/')) {
     handleTestRoute(req, res, pathname);
@@ -222,7 +224,10 @@ const server = http.createServer((req, res) => {
   }
   if (pathname === JWKS_PATH) jwksHits += 1;
   current.handle(req, res);
-});
+};
+const server = config.tls
+  ? https.createServer({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, handler)
+  : http.createServer(handler);
 
 server.on('error', (err) => {
   console.error(`test-idp: ${err.code ?? ''} ${err.message}`);

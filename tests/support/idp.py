@@ -9,6 +9,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -84,7 +85,7 @@ class TestIdP:
         self._private_key = private_key
         self._private_jwk = private_jwk
         self._log_files = log_files
-        self._http = httpx.Client(timeout=10.0)
+        self._http = httpx.Client(timeout=10.0, verify=_verify(config))
         # subject -> (canonical claims JSON, client_secret) of the client registered now.
         self._registrations: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -215,8 +216,17 @@ def _terminate(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def start_idp(*, audience: str, workdir: Path, ttl: int = 300) -> TestIdP:
-    """Start a test IdP on a free 127.0.0.1 port with a fresh RSA key; wait until it serves discovery."""
+def _verify(config: dict[str, Any]) -> ssl.SSLContext | bool:
+    """Trust for the CA that signs the IdP's certificate when it serves https, else httpx's default."""
+    return ssl.create_default_context(cafile=config["tls"]["ca"]) if "tls" in config else True
+
+
+def start_idp(*, audience: str, workdir: Path, ttl: int = 300, tls: dict[str, str] | None = None) -> TestIdP:
+    """Start a test IdP on a free 127.0.0.1 port with a fresh RSA key; wait until it serves discovery.
+
+    `tls` ({"cert", "key", "ca"}: PEM file paths): serve https, as production mode requires of an
+    issuer; the certificate must be valid for 127.0.0.1.
+    """
     if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
         raise IdPStartupError(f"{IDP_DIR / 'node_modules'} is missing: run `npm ci --prefix tests/idp`")
     node = shutil.which("node")
@@ -230,8 +240,9 @@ def start_idp(*, audience: str, workdir: Path, ttl: int = 300) -> TestIdP:
         port = _free_port()
         config = {
             "port": port,
-            "issuer": f"http://127.0.0.1:{port}",
+            "issuer": f"{'https' if tls else 'http'}://127.0.0.1:{port}",
             "audience": audience,
+            **({"tls": tls} if tls else {}),
             "jwks": {"keys": [private_jwk]},
             "access_token_ttl": ttl,
         }
@@ -248,7 +259,7 @@ def start_idp(*, audience: str, workdir: Path, ttl: int = 300) -> TestIdP:
             stderr=log_files[1],
         )
         try:
-            discovery = _wait_for_discovery(process, config["issuer"], stderr_path)
+            discovery = _wait_for_discovery(process, config["issuer"], stderr_path, verify=_verify(config))
         except BaseException as exc:
             _terminate(process)
             for handle in log_files:
@@ -268,11 +279,11 @@ def start_idp(*, audience: str, workdir: Path, ttl: int = 300) -> TestIdP:
     raise AssertionError("unreachable")
 
 
-def _wait_for_discovery(process: subprocess.Popen, issuer: str, stderr_path: Path) -> dict[str, Any]:
+def _wait_for_discovery(process: subprocess.Popen, issuer: str, stderr_path: Path, *, verify: ssl.SSLContext | bool = True) -> dict[str, Any]:
     """Poll the discovery document until it answers with our issuer, or fail with node's stderr."""
     url = f"{issuer}/.well-known/openid-configuration"
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    with httpx.Client(timeout=2.0) as client:
+    with httpx.Client(timeout=2.0, verify=verify) as client:
         while True:
             if process.poll() is not None:
                 raise IdPStartupError(
