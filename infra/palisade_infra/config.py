@@ -147,6 +147,10 @@ class StackConfig:
     # Zone-wide settings (SSL mode, zone minimum TLS, HTTPS rewrites, 0-RTT, edge HSTS) touch every
     # host of the customer's zone: only when the stack says so.
     manage_zone_settings: bool = False
+    # --- monitoring and alerts (alerting.py; keys in the block after KEYS)
+    alert_emails: tuple[str, ...] = ()
+    azure_monitor_webhook_url: str | None = None
+    defender_plans: tuple[str, ...] = ()
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -336,6 +340,42 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hstsPreload": ("hsts_preload", _bool),
     "manageZoneSettings": ("manage_zone_settings", _bool),
 }
+# --- monitoring and alerts (alerting.py): the action group's receivers and opt-in Defender plans.
+# `azureMonitorWebhookUrl` is declared `secret: true` (its URL may carry a token): validated here,
+# then read again with `get_secret` for the action group, so the state holds it encrypted.
+KEYS.update({
+    "alertEmails": ("alert_emails", _str_list),
+    "azureMonitorWebhookUrl": ("azure_monitor_webhook_url", _str),
+    "defenderPlans": ("defender_plans", _str_list),
+})
+# Microsoft Defender for Cloud plans (`Microsoft.Security/pricings/<name>`) covering what this
+# stack deploys: the vault, the PostgreSQL server, management operations, container images.
+DEFENDER_PLANS = ("KeyVaults", "OpenSourceRelationalDatabases", "Arm", "Containers")
+_EMAIL = re.compile(r"[^@\s,;<>\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+
+
+def _check_alerting(cfg: StackConfig) -> list[str]:
+    p: list[str] = []
+    ns = NAMESPACE
+    for address in cfg.alert_emails:
+        if not _EMAIL.fullmatch(address):
+            p.append(f"{ns}:alertEmails entry {address!r} is not an e-mail address (one address per entry)")
+    if len(set(a.lower() for a in cfg.alert_emails)) != len(cfg.alert_emails):
+        p.append(f"{ns}:alertEmails lists an address twice")
+    if len(cfg.alert_emails) > 1000:
+        p.append(f"{ns}:alertEmails accepts at most 1000 addresses (an action group's limit)")
+    url = cfg.azure_monitor_webhook_url
+    if url is not None and (not url.startswith("https://") or any(c.isspace() for c in url)):
+        # The value is never echoed: it may carry a token.
+        p.append(f"{ns}:azureMonitorWebhookUrl must be an https URL")
+    for plan in cfg.defender_plans:
+        if plan not in DEFENDER_PLANS:
+            p.append(f"{ns}:defenderPlans entry {plan!r} is not one of {', '.join(DEFENDER_PLANS)}")
+    if len(set(cfg.defender_plans)) != len(cfg.defender_plans):
+        p.append(f"{ns}:defenderPlans lists a plan twice")
+    return p
+
+
 # Read with `get_secret` and never parsed: their values only travel to Key Vault.
 SECRET_KEYS = ("sentryDsn", "alertWebhookSecret")
 REQUIRED = ("location", "domain", "cloudflareZoneId", "cloudflareAccountId", "image", "issuers")
@@ -480,6 +520,7 @@ def _check(cfg: StackConfig) -> list[str]:
     if (cfg.hsts_include_subdomains or cfg.hsts_preload) and not cfg.manage_zone_settings:
         p.append(f"{ns}:hstsIncludeSubdomains and hstsPreload are zone-wide edge settings: set manageZoneSettings too, "
                  "or leave them off (the app sends its own HSTS for its host name)")
+    p += _check_alerting(cfg)
     return p
 
 

@@ -52,6 +52,10 @@ AZURE_TYPES = {
     "azure-native:app:Certificate": (None, "certificateName"),
     "azure-native:app:ContainerApp": ("Microsoft.App/containerApps", "containerAppName"),
     "azure-native:app:Job": ("Microsoft.App/jobs", "jobName"),
+    "azure-native:monitor:ActionGroup": ("Microsoft.Insights/actionGroups", "actionGroupName"),
+    "azure-native:monitor:ScheduledQueryRule": ("Microsoft.Insights/scheduledQueryRules", "ruleName"),
+    "azure-native:monitor:MetricAlert": ("Microsoft.Insights/metricAlerts", "ruleName"),
+    "azure-native:security:Pricing": (None, "pricingName"),
 }
 
 
