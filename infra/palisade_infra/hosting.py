@@ -25,6 +25,7 @@ import pulumi_azure_native.app as app
 import pulumi_azure_native.monitor as monitor
 
 from .config import Issuer
+from .migration import MigrationRun
 
 WORKLOAD_PROFILE = "Consumption"
 
@@ -164,8 +165,6 @@ class AppHostingArgs:
     collector_image: str = ""
     collector_secret: KeyVaultSecretRef | None = None
     registry_server: str | None = None
-    # Resources the API revision must wait for (the migration run of this image): see __main__.py.
-    api_depends_on: Sequence[pulumi.Resource] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -272,34 +271,6 @@ class AppHosting(pulumi.ComponentResource):
                 )
             )
 
-        container_app = app.ContainerApp(
-            f"{name}-api",
-            resource_group_name=args.resource_group_name,
-            location=args.location,
-            container_app_name=app_name(args.prefix),
-            environment_id=args.environment_id,
-            workload_profile_name=WORKLOAD_PROFILE,
-            identity=app.ManagedServiceIdentityArgs(
-                type="UserAssigned", user_assigned_identities=[args.app_identity_id, args.tunnel_identity_id]
-            ),
-            configuration=app.ConfigurationArgs(
-                # Single: a new revision takes all traffic once ready; the old one serves until then.
-                active_revisions_mode="Single",
-                # No ingress: nothing, not even the VNet, addresses the replicas; the tunnel is the way in.
-                secrets=_secrets(secret_refs),
-                registries=(
-                    [app.RegistryCredentialsArgs(server=args.registry_server, identity=args.app_identity_id)]
-                    if args.registry_server else None
-                ),
-            ),
-            template=app.TemplateArgs(
-                containers=containers,
-                scale=app.ScaleArgs(min_replicas=args.min_replicas, max_replicas=args.max_replicas),
-            ),
-            tags=dict(args.tags),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.api_depends_on)),
-        )
-
         # The migration job: the only workload whose identity may read the schema owner's URL.
         job_settings = {**common, **reads_key_vault(args.vault_uri, args.migrator_identity_client_id)}
         job = app.Job(
@@ -336,6 +307,38 @@ class AppHosting(pulumi.ComponentResource):
             ),
             tags=dict(args.tags),
             opts=child,
+        )
+
+        # Migrations before traffic: this image's migration run succeeds before the API changes.
+        migration = MigrationRun(f"{name}-migration-run", job_id=job.id, image=args.image,
+                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[job]))
+
+        container_app = app.ContainerApp(
+            f"{name}-api",
+            resource_group_name=args.resource_group_name,
+            location=args.location,
+            container_app_name=app_name(args.prefix),
+            environment_id=args.environment_id,
+            workload_profile_name=WORKLOAD_PROFILE,
+            identity=app.ManagedServiceIdentityArgs(
+                type="UserAssigned", user_assigned_identities=[args.app_identity_id, args.tunnel_identity_id]
+            ),
+            configuration=app.ConfigurationArgs(
+                # Single: a new revision takes all traffic once ready; the old one serves until then.
+                active_revisions_mode="Single",
+                # No ingress: nothing, not even the VNet, addresses the replicas; the tunnel is the way in.
+                secrets=_secrets(secret_refs),
+                registries=(
+                    [app.RegistryCredentialsArgs(server=args.registry_server, identity=args.app_identity_id)]
+                    if args.registry_server else None
+                ),
+            ),
+            template=app.TemplateArgs(
+                containers=containers,
+                scale=app.ScaleArgs(min_replicas=args.min_replicas, max_replicas=args.max_replicas),
+            ),
+            tags=dict(args.tags),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[migration]),
         )
 
         self.app_id = container_app.id

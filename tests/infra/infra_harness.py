@@ -175,6 +175,22 @@ class PalisadeMocks(pulumi.runtime.Mocks):
         return rid, state
 
 
+class RecordingMonitor(MockMonitor):
+    """The mocks' monitor, also recording what each resource waits for (its dependencies, explicit
+    and through its inputs), by logical name: the order `pulumi up` would follow."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.dependencies: dict[str, set[str]] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 (the gRPC method's name)
+        urns = set(request.dependencies)
+        for deps in request.propertyDependencies.values():
+            urns.update(deps.urns)
+        self.dependencies[request.name] = {urn.rsplit("::", 1)[-1] for urn in urns}
+        return super().RegisterResource(request)
+
+
 @dataclass
 class ProgramRun:
     resources: list[Registered]
@@ -182,6 +198,18 @@ class ProgramRun:
     secret_outputs: set[str] = field(default_factory=set)
     urns: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    dependencies: dict[str, set[str]] = field(default_factory=dict)
+
+    def waits_for(self, name: str, other: str) -> bool:
+        """Whether resource `name` is created or updated only after `other` (directly or not)."""
+        seen, todo = set(), [name]
+        while todo:
+            for dep in self.dependencies.get(todo.pop(), set()) - seen:
+                if dep == other:
+                    return True
+                seen.add(dep)
+                todo.append(dep)
+        return False
 
     def of_type(self, token: str) -> list[Registered]:
         return [r for r in self.resources if r.type == token]
@@ -219,7 +247,7 @@ def run_program(
     """Run infra/__main__.py for `stack_config` (namespaced keys) merged over the Pulumi.yaml defaults."""
     config = {**project_defaults(), **stack_config, **(secrets or {})}
     mocks = mocks or PalisadeMocks()
-    monitor = MockMonitor(mocks)
+    monitor = RecordingMonitor(mocks)
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project="palisade", stack="example", preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config({k: _as_pulumi_string(v) for k, v in config.items()}, secret_keys=list(secrets or {}))
@@ -240,4 +268,5 @@ def run_program(
         return pulumi.Output.all(*[collect(n, o) for n, o in outputs.items()])
 
     program()
-    return ProgramRun(mocks.resources, result, secret_outputs, list(monitor.get_registered_resources()), mocks.calls)
+    return ProgramRun(mocks.resources, result, secret_outputs, list(monitor.get_registered_resources()), mocks.calls,
+                      monitor.dependencies)

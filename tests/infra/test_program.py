@@ -99,9 +99,11 @@ class TestDataResidency:
         assert located
         for r in located:
             assert r.inputs["location"] in ("westeurope", "global"), r.name
-        # Only the private DNS zones (a global service) are not regional.
+        # Only the private DNS zones, the action group and the metric alerts (global services that
+        # hold no data) are not regional.
         assert {r.type for r in located if r.inputs["location"] == "global"} == {
-            "azure-native:privatedns:PrivateZone", "azure-native:privatedns:VirtualNetworkLink"}
+            "azure-native:privatedns:PrivateZone", "azure-native:privatedns:VirtualNetworkLink",
+            "azure-native:monitor:ActionGroup", "azure-native:monitor:MetricAlert"}
 
 
 class TestNetwork:
@@ -315,6 +317,15 @@ class TestAppHosting:
         assert [c["name"] for c in other] == ["api", "cloudflared"]
         assert env_of(other[0])["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "https://otel.example.com"
 
+    def test_migrations_run_before_the_api_changes(self, example):
+        # pulumi up: the job gets the new image, one execution of it must succeed, then the API.
+        run = example.one("pulumi-python:dynamic:Resource", "migration-run")
+        assert run.inputs["image"] == example.one(CONTAINER_APP).inputs["template"]["containers"][0]["image"]
+        assert run.inputs["job_id"] == example.one(JOB).state["id"]
+        assert example.waits_for("app-migration-run", "app-migrate")
+        assert example.waits_for("app-api", "app-migration-run")
+        assert not example.waits_for("app-migrate", "app-api")
+
     def test_the_registry_is_pulled_with_the_workloads_own_identity(self, variant):
         app = variant.one(CONTAINER_APP).inputs
         registry = app["configuration"]["registries"][0]
@@ -418,4 +429,5 @@ class TestStructure:
     def test_the_stack_is_composed_of_the_components(self, example):
         assert {r.type for r in example.resources if r.type.startswith("palisade:infra:")} == {
             f"palisade:infra:{c}" for c in
-            ("Network", "Monitoring", "Secrets", "Database", "Edge", "Identity", "AppEnvironment", "EdgeDns", "AppHosting")}
+            ("Network", "Monitoring", "Secrets", "Database", "Edge", "Identity", "AppEnvironment", "EdgeDns", "AppHosting",
+             "Alerting")}
