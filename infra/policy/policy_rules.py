@@ -138,7 +138,8 @@ def _get(props: Any, *path: str) -> Any:
 
 
 def _list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else []
+    # The engine hands lists over as a Sequence proxy, not a list.
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else []
 
 
 def short_type(token: str) -> str:
@@ -809,7 +810,7 @@ def alerting_present(resources: Sequence[Resource], config: Config = NO_CONFIG) 
         if a.props.get("enabled") is False:
             out.append(_on(a, "the alert rule is disabled", "set enabled to true"))
         actions = a.props.get("actions")
-        items = _list(actions) if isinstance(actions, (list, tuple)) else _list(_get(actions, "actionGroups"))
+        items = _list(_get(actions, "actionGroups")) if isinstance(actions, Mapping) else _list(actions)
         targets = [str(x.get("actionGroupId") if isinstance(x, Mapping) else x) for x in items]
         names = {t.rstrip("/").rsplit("/", 1)[-1].lower() for t in targets}
         if not names & group_names:

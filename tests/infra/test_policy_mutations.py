@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import policy_rules as rules
 import pytest
 from policy_rules import Resource
+from pulumi_policy.proxy import unknown_checking_proxy
 
 Stack = list[Resource]
 
@@ -821,6 +822,16 @@ def baseline(example) -> Stack:
 
 def test_the_example_stack_passes(baseline):
     assert rules.evaluate(baseline) == []
+
+
+def test_the_rules_read_the_engines_proxied_properties(baseline):
+    """The engine wraps props (Mapping and Sequence proxies that raise on unknowns), not dicts and lists."""
+    proxied = [Resource(r.type, r.name, unknown_checking_proxy(copy.deepcopy(r.props)), r.urn) for r in baseline]
+    assert rules.evaluate(proxied) == []
+    stack = [Resource(r.type, r.name, copy.deepcopy(r.props), r.urn) for r in baseline]
+    expected = next(m for m in MUTATIONS if m.id == "waf-owasp-logs").apply(stack)
+    proxied = [Resource(r.type, r.name, unknown_checking_proxy(r.props), r.urn) for r in stack]
+    assert any(expected in message for _, message in rules.evaluate(proxied))
 
 
 def test_the_threat_model_is_broad():
