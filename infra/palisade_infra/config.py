@@ -36,7 +36,7 @@ POSTGRES_VERSIONS = ("16", "17", "18")
 POSTGRES_TIERS = ("Burstable", "GeneralPurpose", "MemoryOptimized")
 POSTGRES_HA_MODES = ("ZoneRedundant", "SameZone", "Disabled")
 POSTGRES_STORAGE_GB = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32767)
-POSTGRES_MIN_TLS = ("TLSv1.3", "TLSv1.2")
+POSTGRES_MIN_TLS = ("TLSv1.3",)
 KEK_KEY_TYPES = ("RSA-HSM", "RSA")
 KEK_KEY_SIZES = (3072, 4096, 2048)
 ENTRA_PRINCIPAL_TYPES = ("Group", "User", "ServicePrincipal")
@@ -467,7 +467,7 @@ def _check(cfg: StackConfig) -> list[str]:
     if not 7 <= cfg.postgres_backup_retention_days <= 35:
         p.append(f"{ns}:postgresBackupRetentionDays must be between 7 and 35")
     if cfg.postgres_min_tls not in POSTGRES_MIN_TLS:
-        p.append(f"{ns}:postgresMinTls must be TLSv1.3 (default) or TLSv1.2; nothing older is accepted")
+        p.append(f"{ns}:postgresMinTls must be TLSv1.3: the product promises TLS 1.3 end to end")
     for key, role in (("databaseName", cfg.database_name), ("adminRole", cfg.admin_role), ("appRole", cfg.app_role)):
         if not _ROLE.fullmatch(role):
             p.append(f"{ns}:{key} must be a lower-case PostgreSQL identifier (letters, digits, '_')")
@@ -511,8 +511,8 @@ def _check(cfg: StackConfig) -> list[str]:
     for path in (*cfg.challenge_paths, cfg.api_path_prefix):
         if not _PATH.fullmatch(path):
             p.append(f"{ns}: path {path!r} must start with '/' and use only letters, digits and / _ . ~ -")
-    if not 1 <= cfg.edge_rate_limit_per_minute <= 100_000:
-        p.append(f"{ns}:edgeRateLimitPerMinute must be between 1 and 100000")
+    if not 1 <= cfg.edge_rate_limit_per_minute <= 10_000:
+        p.append(f"{ns}:edgeRateLimitPerMinute must be between 1 and 10000")
     if cfg.hsts_max_age_seconds not in HSTS_MAX_AGES:
         p.append(f"{ns}:hstsMaxAgeSeconds must be 31536000 (one year, default) or 15552000 (six months)")
     if cfg.hsts_preload and (cfg.hsts_max_age_seconds < 31_536_000 or not cfg.hsts_include_subdomains):

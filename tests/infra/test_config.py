@@ -81,7 +81,7 @@ class TestValidation:
     def test_secure_floors_cannot_be_lowered(self):
         assert "palisade:minReplicas must be at least 2" in problems(minReplicas="1")
         assert "palisade:postgresVersion must be one of 16, 17, 18" in problems(postgresVersion="15")
-        assert "palisade:postgresMinTls must be TLSv1.3 (default) or TLSv1.2" in problems(postgresMinTls="TLSv1.1")
+        assert "palisade:postgresMinTls must be TLSv1.3" in problems(postgresMinTls="TLSv1.2")
         assert "palisade:hstsMaxAgeSeconds" in problems(hstsMaxAgeSeconds="86400")
         assert "palisade:softDeleteRetentionDays" in problems(softDeleteRetentionDays="3")
 

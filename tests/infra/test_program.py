@@ -86,7 +86,6 @@ def variant() -> ProgramRun:
         "palisade:postgresSku": "Standard_B2s",
         "palisade:postgresHighAvailability": "Disabled",
         "palisade:postgresGeoRedundantBackup": False,
-        "palisade:postgresMinTls": "TLSv1.2",
         "palisade:kekKeyType": "RSA",
     }
     config.pop("palisade:postgresEntraAdmin")
@@ -138,13 +137,11 @@ class TestDatabase:
     def test_version_is_16_or_newer(self, example):
         assert int(example.one(SERVER).inputs["version"]) >= 16
 
-    def test_tls_is_required_with_a_minimum_version(self, example, variant):
+    def test_tls_1_3_is_required(self, example):
         params = {r.inputs["configurationName"]: r.inputs["value"] for r in example.of_type(CONFIGURATION)}
         assert params["require_secure_transport"] == "on"
         assert params["ssl_min_protocol_version"] == "TLSv1.3"
         assert params["password_encryption"] == "scram-sha-256"
-        lowered = {r.inputs["configurationName"]: r.inputs["value"] for r in variant.of_type(CONFIGURATION)}
-        assert lowered["ssl_min_protocol_version"] == "TLSv1.2"
 
     def test_entra_authentication_is_enabled(self, example):
         auth = example.one(SERVER).inputs["authConfig"]
