@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def test_a_signed_release_verifies_against_the_loaded_image(release: Release, im
     result = release.verify("--image", image.ref)
     assert result.returncode == 0, result.stderr
     assert image.digest in result.stdout
+
+
+def test_the_archive_loads_as_the_image_it_was_built_as(release: Release, image: Image) -> None:
+    loaded = subprocess.run(["podman", "load", "-i", str(image.archive)], capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert image.ref in loaded.stdout
+    result = release.verify("--image", image.ref)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_tampered_digest_file_fails(release: Release) -> None:
@@ -144,8 +153,6 @@ def test_runs_as_uid_10001_on_a_read_only_root_without_test_tools_or_compilers(i
 
 
 def test_labels_name_the_version_and_the_commit(image: Image) -> None:
-    import subprocess
-
     labels = json.loads(subprocess.run(["podman", "image", "inspect", "--format", "{{json .Labels}}", image.ref],
                                        capture_output=True, text=True, check=True).stdout)
     # The last commit that changed an input of the image (a later commit that did not is the same image).
