@@ -32,11 +32,14 @@ def _fail(message: str) -> typer.Exit:
 def _settings(secrets: tuple[str, ...] | None = None) -> Settings:
     """The app's settings, or with `secrets` a one-off load reading exactly those secrets."""
     from app.crypto.secrets import SecretError
+    from app.db import entra
 
     try:
-        return get_settings() if secrets is None else load_settings(secrets=secrets)
+        settings = get_settings() if secrets is None else load_settings(secrets=secrets)
     except (ValueError, SecretError) as exc:  # these name settings and secrets, never their values
         raise _fail(f"configuration error: {exc}") from None
+    entra.configure(settings)
+    return settings
 
 
 @cli.command()
@@ -44,13 +47,18 @@ def migrate() -> None:
     """Apply database migrations with the admin URL (creates the app role if missing, sets its password)."""
     from sqlalchemy.engine import make_url
 
-    from app.db.migrate import set_app_password, upgrade
+    from app.db.migrate import create_entra_app_role, set_app_password, upgrade
 
     settings = _settings(MIGRATION_SECRETS)
     try:
         settings.require("admin_database_url", "database_url")
+        if settings.database_auth == "entra":
+            settings.require("database_app_principal_id")
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if settings.database_auth == "entra":
+        create_entra_app_role(admin_url=settings.admin_database_url, app_role=settings.app_role,
+                              object_id=str(settings.database_app_principal_id))
     upgrade(admin_url=settings.admin_database_url, app_role=settings.app_role)
     password = make_url(settings.database_url).password
     if password:  # the app role signs in with what its URL says (SCRAM verifier, never the plaintext)

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     # The admin (schema owner) URL: migrations only.
     admin_database_url: str = ""
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # `password`: the URLs carry one. `entra`: they carry none; each connection signs in with an
+    # Entra ID token of this process's managed identity (Azure Database for PostgreSQL).
+    database_auth: Literal["password", "entra"] = "password"
+    # With `entra`, `palisade migrate` creates the app role for this Entra object id (the API's
+    # managed identity's principal id).
+    database_app_principal_id: str | None = None
 
     issuers: Annotated[list[IssuerConfig], NoDecode] = Field(default_factory=list)
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=120)

@@ -20,6 +20,7 @@ from app.config import Mode, Settings, get_settings
 from app.credentials.router import router as credentials_router
 from app.crypto import datakeys
 from app.crypto.kek import key_wrapper_from_settings
+from app.db import entra
 from app.db.session import make_engine, make_session_factory
 from app.edge import http as edge_http
 from app.edge import ratelimit
@@ -69,6 +70,7 @@ def _refuse_unsafe_database(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.require("database_url")
+    entra.configure(settings)  # Entra ID sign-in to PostgreSQL, when the settings ask for it
     if settings.mode is Mode.production:
         settings.require("turnstile_secret")  # production keeps Turnstile on its public routes
 

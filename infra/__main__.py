@@ -11,10 +11,10 @@ import pulumi
 import pulumi.runtime.config as runtime_config
 from palisade_infra import config as stack_config
 from palisade_infra import defaults
-from palisade_infra.database import Database, DatabaseArgs
+from palisade_infra.database import Database, DatabaseAccess, DatabaseAccessArgs, DatabaseArgs
 from palisade_infra.edge import Edge, EdgeArgs, EdgeDns, EdgeDnsArgs
 from palisade_infra.hosting import AppEnvironment, AppEnvironmentArgs, AppHosting, AppHostingArgs, KeyVaultSecretRef
-from palisade_infra.identity import Identity, IdentityArgs
+from palisade_infra.identity import Identity, IdentityArgs, identity_name
 from palisade_infra.monitoring import Monitoring, MonitoringArgs
 from palisade_infra.network import Network, NetworkArgs
 from palisade_infra.vault import Secrets, SecretsArgs
@@ -59,7 +59,7 @@ database = Database("database", DatabaseArgs(
     storage_gb=cfg.postgres_storage_gb, high_availability=cfg.postgres_high_availability,
     geo_redundant_backup=cfg.postgres_geo_redundant_backup, backup_retention_days=cfg.postgres_backup_retention_days,
     min_tls=cfg.postgres_min_tls, entra_admin=cfg.postgres_entra_admin, database_name=cfg.database_name,
-    admin_role=cfg.admin_role, app_role=cfg.app_role, tags=tags,
+    admin_role=identity_name(cfg.prefix, "migrator"), app_role=cfg.app_role, tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[network]))
 
 edge = Edge("edge", EdgeArgs(
@@ -84,6 +84,11 @@ identity = Identity("identity", IdentityArgs(
     federated_credentials=cfg.federated_credentials, tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[secrets, database, edge]))
 
+DatabaseAccess("database-access", DatabaseAccessArgs(
+    resource_group_name=network.resource_group_name, server_name=database.server_name, tenant_id=database.tenant_id,
+    migrator_name=identity_name(cfg.prefix, "migrator"), migrator_principal_id=identity.migrator.principal_id,
+), opts=pulumi.ResourceOptions(depends_on=[database, identity]))
+
 environment = AppEnvironment("environment", AppEnvironmentArgs(
     prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
     infrastructure_subnet_id=network.apps_subnet_id, log_workspace_id=monitoring.workspace_id, tags=tags,
@@ -102,6 +107,7 @@ hosting = AppHosting("app", AppHostingArgs(
     image=cfg.image, port=cfg.port, min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas, cpu=cfg.cpu,
     memory=cfg.memory, app_identity_id=identity.app.id, app_identity_client_id=identity.app.client_id,
     migrator_identity_id=identity.migrator.id, migrator_identity_client_id=identity.migrator.client_id,
+    app_identity_principal_id=identity.app.principal_id,
     tunnel_identity_id=identity.tunnel.id, vault_uri=secrets.vault_uri, kek_uri=secrets.kek_uri,
     issuers=cfg.issuers, tunnel_token=sidecar_secret(defaults.TUNNEL_TOKEN, "TUNNEL_TOKEN", identity.tunnel.id),
     cloudflared_image=cfg.cloudflared_image,

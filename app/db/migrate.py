@@ -58,6 +58,24 @@ def set_app_password(*, admin_url: str, app_role: str, password: str) -> None:
     engine.dispose()
 
 
+def create_entra_app_role(*, admin_url: str, app_role: str, object_id: str) -> None:
+    """Create the app role as the API identity's Entra principal before the migrations confine it.
+
+    Azure keeps the Entra functions in the server's `postgres` database, so that is where this
+    connects (as the same administrator); roles are cluster-wide.
+    """
+    from sqlalchemy.engine import make_url
+
+    from app.db.entra import create_app_principal
+
+    if not ROLE_NAME.match(app_role):
+        raise ValueError("the app role name must be a plain lower-case identifier")
+    engine = create_engine(make_url(admin_url).set(database="postgres"), poolclass=pool.NullPool)
+    with engine.begin() as conn:
+        create_app_principal(conn, role=app_role, object_id=object_id)
+    engine.dispose()
+
+
 def pending(*, admin_url: str, app_role: str) -> list[str]:
     """Revisions not yet applied, oldest first."""
     cfg = alembic_config(admin_url=admin_url, app_role=app_role)

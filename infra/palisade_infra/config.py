@@ -113,7 +113,6 @@ class StackConfig:
     postgres_min_tls: str = "TLSv1.3"
     postgres_entra_admin: EntraAdmin | None = None
     database_name: str = "palisade"
-    admin_role: str = "palisade_admin"
     app_role: str = "palisade_app"
     # --- secrets and identity
     kek_key_type: str = "RSA-HSM"
@@ -310,7 +309,6 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "postgresMinTls": ("postgres_min_tls", _str),
     "postgresEntraAdmin": ("postgres_entra_admin", _entra_admin),
     "databaseName": ("database_name", _str),
-    "adminRole": ("admin_role", _str),
     "appRole": ("app_role", _str),
     "kekKeyType": ("kek_key_type", _str),
     "kekKeySize": ("kek_key_size", _int),
@@ -468,13 +466,11 @@ def _check(cfg: StackConfig) -> list[str]:
         p.append(f"{ns}:postgresBackupRetentionDays must be between 7 and 35")
     if cfg.postgres_min_tls not in POSTGRES_MIN_TLS:
         p.append(f"{ns}:postgresMinTls must be TLSv1.3: the product promises TLS 1.3 end to end")
-    for key, role in (("databaseName", cfg.database_name), ("adminRole", cfg.admin_role), ("appRole", cfg.app_role)):
+    for key, role in (("databaseName", cfg.database_name), ("appRole", cfg.app_role)):
         if not _ROLE.fullmatch(role):
             p.append(f"{ns}:{key} must be a lower-case PostgreSQL identifier (letters, digits, '_')")
-    if cfg.admin_role == cfg.app_role:
-        p.append(f"{ns}:appRole must differ from {ns}:adminRole: the app never runs as the schema owner")
-    if cfg.admin_role in ("azure_superuser", "azure_pg_admin", "admin", "administrator", "root", "postgres", "guest"):
-        p.append(f"{ns}:adminRole {cfg.admin_role!r} is reserved by Azure Database for PostgreSQL")
+    if cfg.app_role in ("azure_superuser", "azure_pg_admin", "admin", "administrator", "root", "postgres", "guest"):
+        p.append(f"{ns}:appRole {cfg.app_role!r} is reserved by Azure Database for PostgreSQL")
 
     if cfg.kek_key_type not in KEK_KEY_TYPES:
         p.append(f"{ns}:kekKeyType must be RSA-HSM (default, Premium vault) or RSA")

@@ -1,9 +1,14 @@
-"""Database: PostgreSQL Flexible Server reachable only from the VNet, TLS required, Entra ID
-authentication on, passwords generated here and handed to nobody but Key Vault.
+"""Database: PostgreSQL Flexible Server reachable only from the VNet, TLS 1.3 required, Microsoft
+Entra ID authentication only: there is no database password at all.
 
-Two roles, as the design asks: the server administrator (`adminRole`) owns the schema and is used
-by the migration job alone; the app role (`appRole`) is created by the first migration and is the
-only one the running app has a URL for.
+Two roles, as the design asks, each signing in with its managed identity's tokens:
+- the schema owner is the migration job's identity, made the server's Entra administrator
+  (`DatabaseAccess`, declared once the identity exists); the migration job alone uses it;
+- the app role (`appRole`) is created by `palisade migrate` for the API identity's object id
+  (`pgaadauth_create_principal_with_oid`) and confined by the first migration (NOBYPASSRLS, owns
+  nothing); it is the only one the running app has a URL for.
+
+The URLs in the vault name the role, the host and `sslmode=verify-full`; they carry no secret.
 """
 
 from __future__ import annotations
@@ -40,32 +45,24 @@ class DatabaseArgs:
     min_tls: str = "TLSv1.3"
     entra_admin: EntraAdmin | None = None
     database_name: str = "palisade"
-    admin_role: str = "palisade_admin"
+    # The migration job's identity's name: the Entra administrator's role name.
+    admin_role: str = "id-palisade-migrator"
     app_role: str = "palisade_app"
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
-def _password(name: str, parent: pulumi.Resource) -> random.RandomPassword:
-    # URL-unreserved specials only, so the password sits in a connection URL unchanged; 40
-    # characters from 66 symbols is ~240 bits. Azure wants three character classes: all four here.
-    return random.RandomPassword(
-        name, length=40, special=True, override_special="-_.~", min_upper=2, min_lower=2, min_numeric=2, min_special=2,
-        opts=pulumi.ResourceOptions(parent=parent),
-    )
-
-
-def connection_url(role: str, password: pulumi.Input[str], host: pulumi.Input[str], database: str) -> pulumi.Output[str]:
-    """A libpq URL that verifies the server's certificate against the system trust store."""
-    return pulumi.Output.secret(
-        pulumi.Output.all(password, host).apply(
-            lambda v: f"postgresql://{role}:{quote(v[0], safe='')}@{v[1]}:5432/{database}"
-            "?sslmode=verify-full&sslrootcert=system"
-        )
+def connection_url(role: str, host: pulumi.Input[str], database: str) -> pulumi.Output[str]:
+    """A libpq URL with no password (Entra ID tokens sign in) that verifies the server's certificate
+    against the system trust store."""
+    return pulumi.Output.from_input(host).apply(
+        lambda h: f"postgresql://{quote(role, safe='')}@{h}:5432/{database}?sslmode=verify-full&sslrootcert=system"
     )
 
 
 class Database(pulumi.ComponentResource):
     host: pulumi.Output[str]
+    server_name: pulumi.Output[str]
+    tenant_id: pulumi.Output[str]
     server_id: pulumi.Output[str]
     database_name: str
     admin_url_secret_name: str = defaults.ADMIN_DATABASE_URL
@@ -77,8 +74,6 @@ class Database(pulumi.ComponentResource):
         client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
 
         suffix = random.RandomString(f"{name}-suffix", length=6, special=False, upper=False, opts=child)
-        admin_password = _password(f"{name}-admin-password", self)
-        app_password = _password(f"{name}-app-password", self)
 
         server = dbforpostgresql.Server(
             f"{name}-server",
@@ -100,12 +95,10 @@ class Database(pulumi.ComponentResource):
             ),
             auth_config=dbforpostgresql.AuthConfigArgs(
                 active_directory_auth="Enabled",
-                # Passwords stay on for the two application roles (their URLs live in Key Vault).
-                password_auth="Enabled",
+                # No passwords: every role signs in with Entra ID tokens (no administrator login).
+                password_auth="Disabled",
                 tenant_id=client.tenant_id,
             ),
-            administrator_login=args.admin_role,
-            administrator_login_password=pulumi.Output.secret(admin_password.result),
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self, protect=True),
         )
@@ -155,14 +148,48 @@ class Database(pulumi.ComponentResource):
         host = server.fully_qualified_domain_name
         store_secret(
             f"{name}-admin-url", vault=args.vault, secret_name=self.admin_url_secret_name,
-            value=connection_url(args.admin_role, admin_password.result, host, args.database_name), parent=self,
+            value=connection_url(args.admin_role, host, args.database_name), parent=self,
         )
         store_secret(
             f"{name}-app-url", vault=args.vault, secret_name=self.app_url_secret_name,
-            value=connection_url(args.app_role, app_password.result, host, args.database_name), parent=self,
+            value=connection_url(args.app_role, host, args.database_name), parent=self,
         )
 
         self.host = host
         self.server_id = server.id
+        self.server_name = server.name
+        self.tenant_id = client.tenant_id
         self.database_name = args.database_name
         self.register_outputs({"host": self.host, "server_id": self.server_id})
+
+
+@dataclass
+class DatabaseAccessArgs:
+    resource_group_name: pulumi.Input[str]
+    server_name: pulumi.Input[str]
+    tenant_id: pulumi.Input[str]
+    # The migration job's managed identity: its name is the administrator's role name.
+    migrator_name: str
+    migrator_principal_id: pulumi.Input[str]
+
+
+class DatabaseAccess(pulumi.ComponentResource):
+    """The migration job's identity as the server's Entra administrator (the schema owner).
+
+    Declared after the identities exist (they in turn wait for the vault's secrets). The API's
+    identity gets no server-level role: `palisade migrate` creates the app role for it.
+    """
+
+    def __init__(self, name: str, args: DatabaseAccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("palisade:infra:DatabaseAccess", name, None, opts)
+        dbforpostgresql.AdministratorsMicrosoftEntra(
+            f"{name}-migrator-admin",
+            resource_group_name=args.resource_group_name,
+            server_name=args.server_name,
+            object_id=args.migrator_principal_id,
+            principal_name=args.migrator_name,
+            principal_type="ServicePrincipal",
+            tenant_id=args.tenant_id,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({})

@@ -149,6 +149,7 @@ class AppHostingArgs:
     memory: str
     app_identity_id: pulumi.Input[str]
     app_identity_client_id: pulumi.Input[str]
+    app_identity_principal_id: pulumi.Input[str]
     migrator_identity_id: pulumi.Input[str]
     migrator_identity_client_id: pulumi.Input[str]
     tunnel_identity_id: pulumi.Input[str]
@@ -207,6 +208,8 @@ class AppHosting(pulumi.ComponentResource):
             "PALISADE_MODE": "production",
             "PALISADE_ISSUERS": json.dumps([i.to_app() for i in args.issuers], separators=(",", ":")),
             "PALISADE_LOG_JSON": "true",
+            # PostgreSQL sign-in with the workload's own Entra ID tokens: no database password.
+            "PALISADE_DATABASE_AUTH": "entra",
         }
         app_settings: dict[str, pulumi.Input[str]] = {
             **common,
@@ -272,7 +275,12 @@ class AppHosting(pulumi.ComponentResource):
             )
 
         # The migration job: the only workload whose identity may read the schema owner's URL.
-        job_settings = {**common, **reads_key_vault(args.vault_uri, args.migrator_identity_client_id)}
+        job_settings = {
+            **common,
+            **reads_key_vault(args.vault_uri, args.migrator_identity_client_id),
+            # The app role is created for the API identity's object id.
+            "PALISADE_DATABASE_APP_PRINCIPAL_ID": args.app_identity_principal_id,
+        }
         job = app.Job(
             f"{name}-migrate",
             resource_group_name=args.resource_group_name,

@@ -35,6 +35,11 @@ KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"  # secrets/getSe
 KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
 
 
+def identity_name(prefix: str, who: str) -> str:
+    """A managed identity's name; for `migrator` also its role name on PostgreSQL (Entra admin)."""
+    return f"id-{prefix}-{who}"
+
+
 @dataclass
 class IdentityArgs:
     prefix: str
@@ -92,7 +97,7 @@ class Identity(pulumi.ComponentResource):
                 f"{name}-{who}",
                 resource_group_name=args.resource_group_name,
                 location=args.location,
-                resource_name_=f"id-{args.prefix}-{who}",
+                resource_name_=identity_name(args.prefix, who),
                 tags=dict(args.tags),
                 opts=child,
             )

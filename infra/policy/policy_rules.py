@@ -185,6 +185,13 @@ def postgres_private_only(r: Resource, config: Config = NO_CONFIG) -> list[str]:
     version = str(p.get("version") or "")
     if not version.isdigit() or int(version) < 16:
         out.append(_say(r, f"PostgreSQL {version or '(unset)'} lacks the RLS fixes", "set version to 16 or newer"))
+    if _get(p, "authConfig", "passwordAuth") != "Disabled":
+        out.append(_say(r, "password authentication is on (a database password can be stolen and replayed)",
+                        "set authConfig.passwordAuth to Disabled; the workloads sign in with Entra ID tokens"))
+    if _get(p, "authConfig", "activeDirectoryAuth") != "Enabled":
+        out.append(_say(r, "Microsoft Entra ID authentication is off", "set authConfig.activeDirectoryAuth to Enabled"))
+    if p.get("administratorLoginPassword"):
+        out.append(_say(r, "an administrator password is set", "remove administratorLogin and administratorLoginPassword"))
     return out
 
 

@@ -1,26 +1,29 @@
-"""The deploy contract: the real app, started with exactly what the Pulumi program gives it.
+"""The deploy contract: the real image, started with exactly what the Pulumi program gives it.
 
 The program is run under Pulumi's mocks (in its own environment, `tests/infra/render_contract.py`)
 and what it declares for the migration job and the API container app is taken as it is: image
-arguments, environment, identities, Key Vault references, and every role assignment. Then the
-real `palisade` runs with that environment, as Azure Container Apps would run it:
+arguments, environment, identities, Key Vault references, role assignments and the database URLs.
+Then the real image (tests/support/image.py: built, signed and verified in this suite) runs with
+that environment, as Azure Container Apps would run it:
 
 - Azure's part is played by local servers the real SDKs talk to: Entra ID and Key Vault
   (tests/crypto/keyvault_server.py) at the vault's own host name and port 443, Azure RBAC on
   the vault built from the program's role assignments (one secret or key per assignment), and
   the platform's identity endpoint (IDENTITY_ENDPOINT / IDENTITY_HEADER) serving only the
   identities the program assigns to that workload;
-- PostgreSQL is real; the vault holds, under the names the program stores, the URLs of a
-  database made here (the generated passwords and Azure host names cannot be reached);
+- PostgreSQL is real and, as Azure Database for PostgreSQL with Entra authentication only, takes
+  no password: each role signs in with its identity's token (tests/support/entra_postgres.py);
+  the migration job's identity is the server's Entra administrator, as the program declares, and
+  the vault holds the program's own database URLs with only the host and port changed;
 - the OpenID Provider is real, over https (production refuses anything else), and is the
   stack's configured issuer;
 - the only additions to the environment are the platform's (IDENTITY_ENDPOINT,
-  IDENTITY_HEADER) and the test CA's bundle (REQUESTS_CA_BUNDLE, SSL_CERT_FILE), standing for the
-  public CAs that sign the real endpoints' certificates.
+  IDENTITY_HEADER) and the test CA's bundle (REQUESTS_CA_BUNDLE, SSL_CERT_FILE, mounted read-only),
+  standing for the public CAs that sign the real endpoints' certificates.
 
 Any drift between the program and the app (a secret name, a setting, an identity, a grant, a
-command) fails here: the job must migrate, the API must pass doctor, refuse other host names and
-serve an authenticated request, and neither may read what the program does not grant it.
+command, a URL) fails here: the job must migrate, the API must pass doctor, refuse other host
+names and serve an authenticated request, and neither may read what the program does not grant it.
 """
 
 from __future__ import annotations
@@ -28,24 +31,23 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.crypto.keyvault_server import ContainerAppsIdentityEndpoint, FakeEntraID, FakeKeyVault, TestPKI
-from tests.support.database import ROOT, superuser_execute
+from tests.support.database import ROOT
+from tests.support.entra_postgres import EntraPostgres
 from tests.support.idp import TestIdP, start_idp
+from tests.support.image import Container, Image, ensure_image
+from tests.support.image import run as run_image
 
 AUDIENCE = "palisade-api"
 APP_HOST = "palisade.example.com"
@@ -57,6 +59,7 @@ ROLE_ACTIONS = {
     CRYPTO_SERVICE_ENCRYPTION_USER: {"keys/read", "keys/wrapKey/action", "keys/unwrapKey/action"},
 }
 INFRA_PYTHON = ROOT / ".venv-infra" / "bin" / "python"
+CA_IN_CONTAINER = "/etc/palisade-test/ca-bundle.pem"
 
 
 def render_contract(overrides: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -72,43 +75,33 @@ def render_contract(overrides: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 @dataclass
 class Workload:
-    """One container of a workload as the program declares it, and how to run it here."""
+    """One container of a workload as the program declares it, run from the image."""
 
     label: str
     args: list[str]
     env: dict[str, str]
     identities: dict[str, str]  # client id -> principal id
-    hosts_file: Path
-    workdir: Path
+    image: Image
+    add_hosts: dict[str, str] = field(default_factory=dict)
+    volumes: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def command(self, args: list[str] | None = None) -> list[str]:
-        # The image's entrypoint is `palisade`; the vault's host name resolves to this machine, as
-        # Azure's private DNS zone resolves it to the private endpoint.
-        palisade = str(Path(sys.executable).with_name("palisade"))
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                'mount --bind "$0" /etc/hosts && exec "$@"', str(self.hosts_file), palisade, *(args or self.args)]
+    def run(self, platform: dict[str, str], args: list[str] | None = None, timeout: float = 180) -> Container:
+        return run_image(self.image, args or self.args, {**platform, **self.env}, add_hosts=self.add_hosts,
+                         volumes=self.volumes, timeout=timeout)
 
-    def run(self, platform: dict[str, str], args: list[str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(args), env=self._environment(platform), capture_output=True, text=True,
-                              timeout=timeout, cwd=self.workdir)
-
-    def start(self, platform: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        handle = log.open("wb")
-        return subprocess.Popen(self.command(), env=self._environment(platform), stdout=handle, stderr=subprocess.STDOUT,
-                                cwd=self.workdir, start_new_session=True)
-
-    def _environment(self, platform: dict[str, str]) -> dict[str, str]:
-        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir), "LANG": "C.UTF-8"}
-        return {**base, **platform, **self.env}
+    def start(self, platform: dict[str, str]) -> Container:
+        return run_image(self.image, self.args, {**platform, **self.env}, add_hosts=self.add_hosts,
+                         volumes=self.volumes, detach=True, name=f"palisade-contract-{self.label}-{secrets.token_hex(3)}")
 
 
-def workload(contract: dict[str, Any], label: str, container: str, hosts_file: Path, workdir: Path) -> Workload:
+def workload(contract: dict[str, Any], label: str, container: str, image: Image, **how: Any) -> Workload:
     declared = contract["workloads"][label]
     spec = declared["containers"][container]
     assert spec["command"] is None, "the image's entrypoint is `palisade`: workloads pass arguments only"
+    assert spec["image"] == contract["workloads"]["api"]["containers"]["api"]["image"], "one image for the job and the API"
     identities = {contract["identities"][i]["client_id"]: contract["identities"][i]["principal_id"]
                   for i in declared["identities"]}
-    return Workload(label, spec["args"], spec["env"], identities, hosts_file, workdir)
+    return Workload(label, spec["args"], spec["env"], identities, image, **how)
 
 
 def rbac_from(contract: dict[str, Any]):
@@ -133,52 +126,47 @@ class Deployment:
     vault: FakeKeyVault
     entra: FakeEntraID
     idp: TestIdP
-    pki: TestPKI
+    postgres: EntraPostgres
     migrate: Workload
     api: Workload
     migrate_platform: dict[str, str]
     api_platform: dict[str, str]
-    api_process: subprocess.Popen[bytes]
-    api_log: Path
-    migrate_result: subprocess.CompletedProcess[str]
+    api_container: Container
+    migrate_result: Container
     api_identity: ContainerAppsIdentityEndpoint
     base_url: str
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60) -> None:
+def _wait_ready(container: Container, url: str, postgres: EntraPostgres, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2) as client:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"the API exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            if container.returncode is not None:
+                pytest.fail(f"the API exited with {container.returncode}:\n{container.logs()[-3000:]}\n"
+                            f"PostgreSQL sign-ins:\n" + "\n".join(postgres.auth_log_lines()[-10:]))
             try:
                 if client.get(url).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
-    pytest.fail(f"the API did not become ready:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+    pytest.fail(f"the API did not become ready:\n{container.logs()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
-def deployment(pg_superuser_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.fail("the deploy-contract test runs as root with unshare (util-linux): it binds the vault to port 443 "
-                    "and resolves its host name in a private mount namespace")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    if os.geteuid() != 0:
+        pytest.fail("the deploy-contract test runs as root: it binds the vault to port 443 and runs containers")
+    image = ensure_image()
     workdir = tmp_path_factory.mktemp("azure")
-    tag = secrets.token_hex(4)
-    admin_role, app_role = f"palisade_c{tag}_admin", f"palisade_c{tag}_app"
 
-    # The stack: the example's, with this run's issuer (https) and role names.
+    # The stack: the example's, with this run's issuer (https).
     probe_pki = TestPKI.create(workdir / "probe")
     idp = start_idp(audience=AUDIENCE, workdir=workdir / "idp",
                     tls={"cert": str(probe_pki.cert_file), "key": str(probe_pki.key_file), "ca": str(probe_pki.ca_file)})
-    overrides = {
+    contract = render_contract({
         "palisade:issuers": json.dumps([{"issuer": idp.issuer, "audience": AUDIENCE, "rolesClaim": "realm_access.roles"}]),
-        "palisade:adminRole": admin_role,
-        "palisade:appRole": app_role,
-    }
-    contract = render_contract(overrides, workdir)
+    }, workdir)
     vault_host = urlsplit(contract["vault"]["uri"]).hostname
     assert vault_host and vault_host.endswith(".vault.azure.net")
 
@@ -186,32 +174,28 @@ def deployment(pg_superuser_url: str, tmp_path_factory: pytest.TempPathFactory) 
     pki = TestPKI.create(workdir / "pki", dns_names=(vault_host,))
     bundle = workdir / "ca-bundle.pem"
     bundle.write_bytes(pki.ca_file.read_bytes() + probe_pki.ca_file.read_bytes())
+    bundle.chmod(0o644)
     entra = FakeEntraID(pki)
     vault = FakeKeyVault(pki, entra, port=443)
     vault.authorize = rbac_from(contract)
-    hosts_file = workdir / "hosts"
-    hosts_file.write_text(f"127.0.0.1 localhost {vault_host}\n::1 localhost\n")
+    postgres = EntraPostgres.start(entra, pki=pki)
 
-    # PostgreSQL: what the managed service gives (an admin that owns the database and may create
-    # roles, no superuser), and the two URLs the program stores, pointing here.
-    database = f"palisade_c{tag}"
-    admin_password, app_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    superuser_execute(pg_superuser_url,
-                      f"CREATE ROLE {admin_role} LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS PASSWORD '{admin_password}'",
-                      f"CREATE DATABASE {database} OWNER {admin_role}")
-
-    def url(role: str, password: str) -> str:
-        return make_url(pg_superuser_url).set(drivername="postgresql", username=role, password=password,
-                                             database=database).render_as_string(hide_password=False)
-
-    values = {"admin-database-url": url(admin_role, admin_password), "database-url": url(app_role, app_password)}
+    principal_of = {i["name"]: i["principal_id"] for i in contract["identities"].values()}
+    admin_url, app_url = contract["database_urls"]["admin-database-url"], contract["database_urls"]["database-url"]
+    database = urlsplit(admin_url).path.lstrip("/")
+    # What the program declares: the migration job's identity is the server's Entra administrator.
+    postgres.add_entra_administrator(urlsplit(admin_url).username, principal_of["id-palisade-migrator"], owns=(database,))
+    here = f"{contract['database_host']}:5432"
+    values = {name: url.replace(here, f"127.0.0.1:{postgres.port}") for name, url in contract["database_urls"].items()}
+    assert app_url.replace(here, "") != app_url and ":@" not in app_url + admin_url
     for name in contract["stored_secrets"]:
         vault.set_secret(name, values.get(name, f"{name}-{secrets.token_hex(16)}"))
     vault.create_key(contract["kek"]["name"], key_ops=["wrapKey", "unwrapKey"])
 
-    migrate = workload(contract, "migrate", "migrate", hosts_file, workdir)
-    api = workload(contract, "api", "api", hosts_file, workdir)
-    ca_env = {"REQUESTS_CA_BUNDLE": str(bundle), "SSL_CERT_FILE": str(bundle)}
+    how = {"add_hosts": {vault_host: "127.0.0.1"}, "volumes": [(str(bundle), CA_IN_CONTAINER, "ro")]}
+    migrate = workload(contract, "migrate", "migrate", image, **how)
+    api = workload(contract, "api", "api", image, **how)
+    ca_env = {"REQUESTS_CA_BUNDLE": CA_IN_CONTAINER, "SSL_CERT_FILE": CA_IN_CONTAINER}
     migrate_identity = ContainerAppsIdentityEndpoint(entra, migrate.identities)
     api_identity = ContainerAppsIdentityEndpoint(entra, api.identities)
     migrate_platform = {**migrate_identity.environment, **ca_env}
@@ -219,35 +203,28 @@ def deployment(pg_superuser_url: str, tmp_path_factory: pytest.TempPathFactory) 
 
     # Container Apps resolves each Key Vault reference with its identity before a revision starts.
     for label in ("api", "migrate"):
-        declared = contract["workloads"][label]
-        for name, ref in declared["secrets"].items():
+        for name, ref in contract["workloads"][label]["secrets"].items():
             principal = contract["identities"][ref["identity"]]["principal_id"]
             assert vault.authorize(principal, "secrets/getSecret/action", f"secrets/{name}"), (
                 f"{label}: the platform could not resolve {name!r} with {contract['identities'][ref['identity']]['name']}")
 
-    api_process = None
+    api_container = None
     try:
         # Migrations before traffic: the job first, then the API.
         migrate_result = migrate.run(migrate_platform)
-        log = workdir / "api.log"
-        api_process = api.start(api_platform, log)
+        api_container = api.start(api_platform)
         port = api.args[api.args.index("--port") + 1]
         base_url = f"http://127.0.0.1:{port}"
-        _wait_ready(api_process, f"{base_url}/health/ready", log)
-        yield Deployment(contract, vault, entra, idp, pki, migrate, api, migrate_platform, api_platform, api_process, log,
-                         migrate_result, api_identity, base_url)
+        _wait_ready(api_container, f"{base_url}/health/ready", postgres)
+        yield Deployment(contract, vault, entra, idp, postgres, migrate, api, migrate_platform, api_platform,
+                         api_container, migrate_result, api_identity, base_url)
     finally:
-        if api_process is not None and api_process.poll() is None:
-            os.killpg(api_process.pid, signal.SIGTERM)
-            try:
-                api_process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(api_process.pid, signal.SIGKILL)
+        if api_container is not None:
+            api_container.stop()
         for server in (migrate_identity, api_identity, vault, entra):
             server.stop()
         idp.stop()
-        superuser_execute(pg_superuser_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
-                          f"DROP ROLE IF EXISTS {app_role}", f"DROP ROLE IF EXISTS {admin_role}")
+        postgres.stop()
 
 
 def secret_reads(d: Deployment, principal_of: dict[str, str]) -> list[tuple[str, str, int]]:
@@ -270,22 +247,22 @@ def names(d: Deployment) -> dict[str, str]:
 class TestTheJobThenTheApi:
     def test_the_migration_job_migrates_with_its_own_identity(self, deployment: Deployment):
         result = deployment.migrate_result
-        assert result.returncode == 0, result.stderr[-4000:]
-        assert "migrations applied" in result.stdout
+        assert result.returncode == 0, result.logs()[-4000:]
+        assert "migrations applied" in result.logs()
         reads = {(who, secret) for who, secret, status in secret_reads(deployment, names(deployment)) if status == 200}
         assert ("id-palisade-migrator", "admin-database-url") in reads
 
     def test_the_api_passes_doctor_with_its_identity(self, deployment: Deployment):
         result = deployment.api.run(deployment.api_platform, ["doctor"])
-        assert result.returncode == 0, result.stderr[-4000:]
-        assert "checks passed" in result.stdout
+        assert result.returncode == 0, result.logs()[-4000:]
+        assert "checks passed" in result.logs()
 
     def test_the_api_serves_an_authenticated_request(self, deployment: Deployment):
         d = deployment
         created = d.api.run(d.api_platform, ["tenant", "create", "--name", "Contoso", "--slug", "contoso",
                                              "--admin-issuer", d.idp.issuer, "--admin-subject", "it-admin"])
-        assert created.returncode == 0, created.stderr[-4000:]
-        tenant_id = created.stdout.strip()
+        assert created.returncode == 0, created.logs()[-4000:]
+        tenant_id = created.logs().strip().splitlines()[-1]
         token = d.idp.token("it-admin")
         r = httpx.get(f"{d.base_url}/api/v1/tenants/{tenant_id}", headers={"Host": APP_HOST, "Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
@@ -296,8 +273,8 @@ class TestTheJobThenTheApi:
     def test_the_api_refuses_any_other_host_name(self, deployment: Deployment):
         d = deployment
         token = d.idp.token("it-admin")
-        default_name = f"ca-palisade-api.{d.contract['outputs'].get('appUrl', '')}"
-        for host in ("ca-palisade-api.happy-sky-0123abcd.westeurope.azurecontainerapps.io", "127.0.0.1", default_name):
+        # The app's Azure default name (what a public ingress would have answered to), an address.
+        for host in ("ca-palisade-api.happy-sky-0123abcd.westeurope.azurecontainerapps.io", "127.0.0.1"):
             r = httpx.get(f"{d.base_url}/api/v1/tenants", headers={"Host": host, "Authorization": f"Bearer {token}"})
             assert r.status_code == 421, (host, r.status_code)
 
@@ -312,8 +289,7 @@ class TestTheJobThenTheApi:
         d = deployment
         result = d.api.run(d.api_platform, ["migrate"])
         assert result.returncode == 1
-        assert "admin-database-url" in result.stderr and "403" in result.stderr
-        assert "postgresql://" not in result.stderr + result.stdout
+        assert "admin-database-url" in result.logs() and "403" in result.logs()
 
     def test_the_job_identity_is_not_offered_to_the_api(self, deployment: Deployment):
         # The platform hands a container only its workload's identities.
@@ -323,6 +299,18 @@ class TestTheJobThenTheApi:
                                                   "client_id": migrator},
                       headers={"X-IDENTITY-HEADER": d.api_identity.header})
         assert r.status_code == 400
+
+    def test_each_role_signs_in_with_its_own_identitys_token_and_no_password(self, deployment: Deployment):
+        d = deployment
+        principal_of = {i["name"]: i["principal_id"] for i in d.contract["identities"].values()}
+        log = "\n".join(d.postgres.auth_log_lines())
+        assert "user=palisade_app accepted" in log and "user=id-palisade-migrator accepted" in log
+        # The app role is mapped to the API identity's object id, not the job's.
+        rows = d.postgres.superuser_execute("SELECT object_id FROM pgaadauth.principals WHERE rolname = 'palisade_app'")
+        assert rows == [(principal_of["id-palisade-app"],)]
+        attributes = d.postgres.superuser_execute(
+            "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolinherit FROM pg_roles WHERE rolname = 'palisade_app'")
+        assert attributes == [(False, False, False, False, False)]
 
     def test_the_sidecars_references_resolve_with_their_identities(self, deployment: Deployment):
         refs = deployment.contract["workloads"]["api"]["secrets"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,8 @@ class PalisadeMocks(pulumi.runtime.Mocks):
         elif token == "azure-native:dbforpostgresql:Server":
             state["fullyQualifiedDomainName"] = f"{name}.postgres.database.azure.com"
         elif token == "azure-native:managedidentity:UserAssignedIdentity":
-            state.update(clientId=f"client-id-of-{name}", principalId=f"principal-id-of-{name}", tenantId=TENANT)
+            # GUIDs, as Entra ID gives them (the deploy contract maps them to database roles).
+            state.update(clientId=client_id_of(name), principalId=principal_id_of(name), tenantId=TENANT)
         elif token == "azure-native:applicationinsights:Component":
             state.update(connectionString=f"InstrumentationKey={SECRET_MARK}-appinsights;IngestionEndpoint=https://x",
                          instrumentationKey=f"{SECRET_MARK}-appinsights")
@@ -173,6 +175,16 @@ class PalisadeMocks(pulumi.runtime.Mocks):
             state.update(sitekey="0x4AAAAAAAexamplesitekey", secret=f"{SECRET_MARK}-turnstile")
         self.resources.append(Registered(token, args.name, dict(args.inputs), inputs, state))
         return rid, state
+
+
+def client_id_of(identity: str) -> str:
+    """The mocked client (application) id of a user-assigned identity, a GUID."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"client-id/{identity}"))
+
+
+def principal_id_of(identity: str) -> str:
+    """The mocked principal (object) id of a user-assigned identity, a GUID."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"principal-id/{identity}"))
 
 
 class RecordingMonitor(MockMonitor):

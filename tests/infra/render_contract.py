@@ -65,6 +65,11 @@ def render(overrides: dict[str, object]) -> dict[str, object]:
         "vault": {"id": vault["id"], "uri": vault["properties"]["vaultUri"]},
         "kek": {"name": key["keyName"], "uri": key["keyUri"]},
         "stored_secrets": sorted(r.inputs["secretName"] for r in run.of_type("azure-native:keyvault:Secret")),
+        # The database URLs carry no secret (Entra ID tokens sign in): their exact form is part of the contract.
+        "database_urls": {r.inputs["secretName"]: r.inputs["properties"]["value"]
+                          for r in run.of_type("azure-native:keyvault:Secret")
+                          if r.inputs["secretName"] in ("database-url", "admin-database-url")},
+        "database_host": run.outputs["databaseHost"],
         "identities": identities,
         "role_assignments": grants,
         "workloads": workloads,

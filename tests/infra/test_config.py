@@ -96,8 +96,9 @@ class TestValidation:
     def test_issuers_must_be_https(self):
         assert "must use https" in problems(issuers='[{"issuer": "http://idp.local", "audience": "a"}]')
 
-    def test_the_app_never_runs_as_the_schema_owner(self):
-        assert "appRole must differ" in problems(appRole="palisade_admin")
+    def test_the_app_role_is_no_reserved_name(self):
+        assert "reserved by Azure" in problems(appRole="azure_pg_admin")
+        assert "adminRole is not a known key" in problems(adminRole="palisade_admin")
 
     def test_zone_wide_hsts_needs_the_zone_settings_opt_in(self):
         # includeSubDomains at the edge would force HTTPS on every host of the customer's zone.

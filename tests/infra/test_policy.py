@@ -49,7 +49,8 @@ class TestMessages:
 
 class TestPostgres:
     server = {"version": "16", "network": {"publicNetworkAccess": "Disabled", "delegatedSubnetResourceId": "/sub/db"},
-              "backup": {"backupRetentionDays": 7, "geoRedundantBackup": "Enabled"}, "highAvailability": {"mode": "ZoneRedundant"}}
+              "backup": {"backupRetentionDays": 7, "geoRedundantBackup": "Enabled"}, "highAvailability": {"mode": "ZoneRedundant"},
+              "authConfig": {"activeDirectoryAuth": "Enabled", "passwordAuth": "Disabled"}}
 
     def test_private_resilient_server_passes(self):
         assert check(rules.postgres_private_only, rules.POSTGRES_SERVER, self.server) == []

@@ -727,6 +727,10 @@ for _id, _change, _what in (
     ("pg-short-retention", lambda p: p["backup"].update(backupRetentionDays=3), "backups kept 3 days"),
     ("pg-local-backup", lambda p: p["backup"].update(geoRedundantBackup="Disabled"), "backups in one region"),
     ("pg-no-ha", lambda p: p["highAvailability"].update(mode="Disabled"), "no standby"),
+    ("pg-password-auth", lambda p: p["authConfig"].update(passwordAuth="Enabled"), "password sign-in allowed"),
+    ("pg-no-entra", lambda p: p["authConfig"].update(activeDirectoryAuth="Disabled"), "Entra ID sign-in off"),
+    ("pg-admin-password", lambda p: p.update(administratorLogin="palisade_admin", administratorLoginPassword="pw"),
+     "an administrator login with a password"),
 ):
     mutation(_id, _what)(server_change(_change))
 

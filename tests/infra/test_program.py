@@ -4,11 +4,20 @@ what would be sent to Azure and Cloudflare."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pytest
-from infra_harness import SECRET_MARK, TENANT, TUNNEL_ID, ProgramRun, example_stack_config, is_secret, run_program
+from infra_harness import (
+    SECRET_MARK,
+    TENANT,
+    TUNNEL_ID,
+    ProgramRun,
+    client_id_of,
+    example_stack_config,
+    is_secret,
+    principal_id_of,
+    run_program,
+)
 from palisade_infra import defaults
 
 SERVER = "azure-native:dbforpostgresql:Server"
@@ -143,11 +152,18 @@ class TestDatabase:
         assert params["ssl_min_protocol_version"] == "TLSv1.3"
         assert params["password_encryption"] == "scram-sha-256"
 
-    def test_entra_authentication_is_enabled(self, example):
-        auth = example.one(SERVER).inputs["authConfig"]
-        assert auth == {"activeDirectoryAuth": "Enabled", "passwordAuth": "Enabled", "tenantId": TENANT}
-        admin = example.one("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra").inputs
-        assert (admin["principalName"], admin["principalType"]) == ("palisade-db-admins", "Group")
+    def test_only_entra_id_signs_in_and_the_migration_job_is_the_administrator(self, example):
+        server = example.one(SERVER).inputs
+        assert server["authConfig"] == {"activeDirectoryAuth": "Enabled", "passwordAuth": "Disabled", "tenantId": TENANT}
+        assert "administratorLogin" not in server and "administratorLoginPassword" not in server
+        admins = {a.inputs["principalName"]: a.inputs for a in example.of_type("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra")}
+        assert admins["palisade-db-admins"]["principalType"] == "Group"
+        migrator = admins["id-palisade-migrator"]
+        assert (migrator["principalType"], migrator["objectId"]) == ("ServicePrincipal", principal_id_of("id-palisade-migrator"))
+        # Not the API's identity: it signs in only as the app role `palisade migrate` creates for it.
+        assert set(admins) == {"palisade-db-admins", "id-palisade-migrator"}
+        job_env = env_of(example.one(JOB).inputs["template"]["containers"][0])
+        assert job_env["PALISADE_DATABASE_APP_PRINCIPAL_ID"]["value"] == principal_id_of("id-palisade-app")
 
     def test_backups_and_high_availability_default_on_and_are_configurable(self, example, variant):
         server = example.one(SERVER).inputs
@@ -166,16 +182,16 @@ class TestDatabase:
         host = example.outputs["databaseHost"]
         admin = vault_secret(example, defaults.ADMIN_DATABASE_URL)["properties"]["value"]
         app = vault_secret(example, defaults.DATABASE_URL)["properties"]["value"]
-        assert re.fullmatch(rf"postgresql://palisade_admin:[^@]+@{re.escape(host)}:5432/palisade"
-                            r"\?sslmode=verify-full&sslrootcert=system", admin)
-        assert app.startswith("postgresql://palisade_app:")
-        assert "admin-password" in admin and "admin-password" not in app  # two roles, two passwords
+        # No password in either: the roles sign in with their identities' Entra ID tokens.
+        assert admin == f"postgresql://id-palisade-migrator@{host}:5432/palisade?sslmode=verify-full&sslrootcert=system"
+        assert app == f"postgresql://palisade_app@{host}:5432/palisade?sslmode=verify-full&sslrootcert=system"
+        assert not example.of_type("random:index/randomPassword:RandomPassword")
 
 
 class TestSecretsStayInTheVault:
     def test_generated_secrets_travel_only_to_the_vault_and_their_one_consumer(self, example):
-        # Where a generated secret may be an input at all: the vault, and the server's own admin password.
-        allowed = {SECRET, SERVER}
+        # Where a generated secret may be an input at all: the vault (there is no database password).
+        allowed = {SECRET}
         seen = set()
         for r in example.resources:
             for path, wrapped in secret_occurrences(r.raw_inputs):
@@ -183,11 +199,6 @@ class TestSecretsStayInTheVault:
                 assert wrapped, f"{r.type} {r.name}{path} carries a secret not marked secret"
                 seen.add(r.type)
         assert seen == allowed
-
-    def test_the_admin_password_is_stored_only_as_the_admin_url(self, example):
-        holders = {(r.type, r.name) for r in example.resources
-                   for _ in secret_occurrences(r.raw_inputs) if "admin-password" in json.dumps(r.raw_inputs)}
-        assert holders == {(SERVER, "database-server"), (SECRET, "database-admin-url")}
 
     def test_the_turnstile_secret_goes_to_the_vault(self, example):
         stored = vault_secret(example, defaults.TURNSTILE_SECRET)
@@ -405,7 +416,7 @@ class TestStructure:
             "appUrl": "https://palisade.example.com",
             "keyVaultUri": "https://kv-palisade-x1y2z3.vault.azure.net/",
             "databaseHost": "psql-palisade-x1y2z3.postgres.database.azure.com",
-            "appIdentityClientId": "client-id-of-id-palisade-app",
+            "appIdentityClientId": client_id_of("id-palisade-app"),
             "turnstileSiteKey": "0x4AAAAAAAexamplesitekey",
             "migrationJobName": "caj-palisade-migrate",
             "resourceGroupName": "rg-palisade-example",
@@ -427,4 +438,4 @@ class TestStructure:
         assert {r.type for r in example.resources if r.type.startswith("palisade:infra:")} == {
             f"palisade:infra:{c}" for c in
             ("Network", "Monitoring", "Secrets", "Database", "Edge", "Identity", "AppEnvironment", "EdgeDns", "AppHosting",
-             "Alerting")}
+             "Alerting", "DatabaseAccess")}
