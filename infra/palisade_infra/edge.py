@@ -66,6 +66,11 @@ class Edge(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         host = f'(http.host eq "{args.domain}")'
 
+        def ruleset(label: str, title: str, description: str, phase: str, rules: list) -> None:
+            """This zone's entry-point ruleset for `phase` (one per phase per zone: this program owns it)."""
+            cloudflare.Ruleset(f"{name}-{label}", zone_id=args.zone_id, kind="zone", name=title, description=description,
+                               phase=phase, rules=rules, opts=child)
+
         # --- transport: TLS 1.3 minimum for this host name (the rest of the zone is untouched).
         cloudflare.HostnameTlsSetting(
             f"{name}-min-tls", zone_id=args.zone_id, setting_id="min_tls_version", hostname=args.domain, value="1.3",
@@ -98,14 +103,8 @@ class Edge(pulumi.ComponentResource):
 
         # Plain HTTP to this host name is redirected before it reaches the tunnel (the app then
         # sends HSTS itself, so browsers stop trying).
-        cloudflare.Ruleset(
-            f"{name}-https-redirect",
-            zone_id=args.zone_id,
-            kind="zone",
-            name="palisade https redirect",
-            description=f"http://{args.domain} -> https",
-            phase="http_request_dynamic_redirect",
-            rules=[
+        ruleset("https-redirect", "palisade https redirect", f"http://{args.domain} -> https",
+                "http_request_dynamic_redirect", [
                 cloudflare.RulesetRuleArgs(
                     action="redirect",
                     expression=f"{host} and not ssl",
@@ -121,19 +120,11 @@ class Edge(pulumi.ComponentResource):
                         )
                     ),
                 )
-            ],
-            opts=child,
-        )
+            ])
 
         # --- WAF: Cloudflare Managed and OWASP Core for this host, blocking at the default threshold.
-        cloudflare.Ruleset(
-            f"{name}-waf-managed",
-            zone_id=args.zone_id,
-            kind="zone",
-            name="palisade managed WAF",
-            description=f"Cloudflare Managed Ruleset and OWASP Core Ruleset for {args.domain}",
-            phase="http_request_firewall_managed",
-            rules=[
+        ruleset("waf-managed", "palisade managed WAF",
+                f"Cloudflare Managed Ruleset and OWASP Core Ruleset for {args.domain}", "http_request_firewall_managed", [
                 cloudflare.RulesetRuleArgs(
                     action="execute",
                     expression=host,
@@ -157,9 +148,7 @@ class Edge(pulumi.ComponentResource):
                         ),
                     ),
                 ),
-            ],
-            opts=child,
-        )
+            ])
 
         custom_rules = []
         if args.blocked_countries:
@@ -178,25 +167,13 @@ class Edge(pulumi.ComponentResource):
                 expression=f"{host} and (http.request.uri.path in {_set(list(args.challenge_paths))})",
             ))
         if custom_rules:
-            cloudflare.Ruleset(
-                f"{name}-waf-custom",
-                zone_id=args.zone_id,
-                kind="zone",
-                name="palisade custom rules",
-                description=f"country and network blocks, challenges on sensitive paths of {args.domain}",
-                phase="http_request_firewall_custom",
-                rules=custom_rules,
-                opts=child,
-            )
+            ruleset("waf-custom", "palisade custom rules",
+                    f"country and network blocks, challenges on sensitive paths of {args.domain}",
+                    "http_request_firewall_custom", custom_rules)
 
-        cloudflare.Ruleset(
-            f"{name}-rate-limit",
-            zone_id=args.zone_id,
-            kind="zone",
-            name="palisade rate limits",
-            description=f"{args.rate_limit_per_minute} requests per minute per client IP on the API of {args.domain}",
-            phase="http_ratelimit",
-            rules=[
+        ruleset("rate-limit", "palisade rate limits",
+                f"{args.rate_limit_per_minute} requests per minute per client IP on the API of {args.domain}",
+                "http_ratelimit", [
                 cloudflare.RulesetRuleArgs(
                     action="block",
                     description="API requests per client IP",
@@ -209,9 +186,7 @@ class Edge(pulumi.ComponentResource):
                         mitigation_timeout=60,
                     ),
                 )
-            ],
-            opts=child,
-        )
+            ])
 
         # --- Turnstile: the site key is public, the secret goes to the vault only.
         widget = cloudflare.TurnstileWidget(
