@@ -164,13 +164,6 @@ class PalisadeMocks(pulumi.runtime.Mocks):
             state["result"] = "x1y2z3"[: int(inputs.get("length", 6))]
         elif token == "random:index/randomPassword:RandomPassword":
             state["result"] = f"{SECRET_MARK}-{args.name}-Aa1~"
-        elif token == "tls:index/privateKey:PrivateKey":
-            state["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{SECRET_MARK}-origin-key\n-----END PRIVATE KEY-----\n"
-            state["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\npublic\n-----END PUBLIC KEY-----\n"
-        elif token == "tls:index/certRequest:CertRequest":
-            state["certRequestPem"] = "-----BEGIN CERTIFICATE REQUEST-----\ncsr\n-----END CERTIFICATE REQUEST-----\n"
-        elif token == "cloudflare:index/originCaCertificate:OriginCaCertificate":
-            state["certificate"] = "-----BEGIN CERTIFICATE-----\norigin\n-----END CERTIFICATE-----\n"
         elif token == "cloudflare:index/turnstileWidget:TurnstileWidget":
             state.update(sitekey="0x4AAAAAAAexamplesitekey", secret=f"{SECRET_MARK}-turnstile")
         self.resources.append(Registered(token, args.name, dict(args.inputs), inputs, state))
