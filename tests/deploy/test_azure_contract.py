@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -311,6 +312,37 @@ class TestTheJobThenTheApi:
         attributes = d.postgres.superuser_execute(
             "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolinherit FROM pg_roles WHERE rolname = 'palisade_app'")
         assert attributes == [(False, False, False, False, False)]
+
+    def test_the_serving_api_is_undisturbed_while_the_job_runs_again(self, deployment: Deployment):
+        # What every upgrade does: the job runs while the current revision serves. This release has
+        # no pending migration, so this exercises the job's sign-in, locks and role handling against
+        # live traffic (not an expand step): no request may fail and the app role must still sign in.
+        d = deployment
+        created = d.api.run(d.api_platform, ["tenant", "create", "--name", "Fabrikam", "--slug", "fabrikam",
+                                             "--admin-issuer", d.idp.issuer, "--admin-subject", "ops-admin"])
+        assert created.returncode == 0, created.logs()[-4000:]
+        tenant = created.logs().strip().splitlines()[-1]
+        token = d.idp.token("ops-admin")
+        statuses: list[int] = []
+        done = threading.Event()
+
+        def traffic() -> None:
+            # Paced, and at most 80 in all, under the per-user limit of 100 a minute.
+            with httpx.Client(base_url=d.base_url, headers={"Host": APP_HOST, "Authorization": f"Bearer {token}"}) as c:
+                while not done.wait(0.3) and len(statuses) < 80:
+                    statuses.append(c.get(f"/api/v1/tenants/{tenant}").status_code)
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        try:
+            again = d.migrate.run(d.migrate_platform)
+        finally:
+            done.set()
+            worker.join(timeout=30)
+        assert again.returncode == 0, again.logs()[-4000:]
+        assert statuses and set(statuses) == {200}, sorted(set(statuses))
+        fresh = d.api.run(d.api_platform, ["doctor"])  # a new connection as the app role, after the run
+        assert fresh.returncode == 0, fresh.logs()[-4000:]
 
     def test_the_sidecars_references_resolve_with_their_identities(self, deployment: Deployment):
         refs = deployment.contract["workloads"]["api"]["secrets"]
