@@ -240,3 +240,12 @@ def test_serve_from_the_image_answers_the_health_probes(image: Image, migrated: 
         ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5)
         assert ready.status_code == 200, container.logs()
         assert ready.json() == {"status": "ok"}
+
+
+def test_a_rebuild_from_the_same_inputs_gives_the_same_digest(image: Image, tmp_path: Path) -> None:
+    # Every layer built again (no cache) from the same commit, locks and base tarball: a customer or
+    # auditor who rebuilds gets the digest the vendor signed.
+    rebuilt = subprocess.run([str(ROOT / "scripts/image"), "build", "--dir", str(tmp_path)], capture_output=True,
+                             text=True, timeout=1200, env={**os.environ, "PALISADE_IMAGE_NO_CACHE": "1"})
+    assert rebuilt.returncode == 0, rebuilt.stderr[-4000:]
+    assert (tmp_path / "palisade-image.digest").read_text().strip() == image.digest
