@@ -42,7 +42,6 @@ KEK_KEY_SIZES = (3072, 4096, 2048)
 ENTRA_PRINCIPAL_TYPES = ("Group", "User", "ServicePrincipal")
 # Cloudflare's accepted HSTS max-age values of six months or more.
 HSTS_MAX_AGES = (31_536_000, 15_552_000)
-# Cloudflare Origin CA validity choices (days).
 
 
 class ConfigError(ValueError):
