@@ -83,6 +83,16 @@ class _Provider(dynamic.ResourceProvider):
         return None  # an execution that happened stays in the job's history
 
 
+# Pulumi pickles a dynamic provider (dill) into the state and unpickles it in a provider process
+# whose import path need not include this program's directory. Marked as `__main__`'s, dill
+# carries the provider and the functions it calls by value, so unpickling imports only the
+# standard library (tests/infra/test_migration_run.py unpickles it where `palisade_infra` is not
+# importable).
+for _by_value in (_Provider, *vars(_Provider).values(), MigrationFailed, run_job, _token, _call):
+    if callable(_by_value):
+        _by_value.__module__ = "__main__"
+
+
 class MigrationRun(dynamic.Resource):
     """One successful execution of the migration job for this image."""
 

@@ -87,3 +87,23 @@ def test_without_an_azure_sign_in_nothing_starts(tmp_path: Path, monkeypatch: py
     with pytest.raises(MigrationFailed, match="az login"):
         run_job(JOB, arm=arm.url, poll=0.01)
     assert arm.requests == []
+
+
+def test_the_provider_runs_where_the_program_is_not_importable(az, tmp_path: Path):
+    # What `pulumi up` does with a dynamic provider: pickle it into the state, then load it in a
+    # provider process. That process must not need this program's modules on its import path.
+    import subprocess
+    import sys
+
+    from palisade_infra.migration import _Provider
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    blob = tmp_path / "provider.b64"
+    blob.write_text(serialize_provider(_Provider()))
+    arm = Arm(["Succeeded"])
+    script = ("import base64, sys, dill; p = dill.loads(base64.b64decode(open(sys.argv[1]).read()));"
+              "print(p.create({'job_id': sys.argv[2], 'image': 'img', 'arm': sys.argv[3]}).id)")
+    result = subprocess.run([sys.executable, "-I", "-c", script, str(blob), JOB, arm.url], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "caj-palisade-migrate-x7k2"
