@@ -31,6 +31,7 @@ import pulumi_azure_native.monitor as monitor
 import pulumi_azure_native.security as security
 
 from .config import DEFENDER_PLANS
+from .options import children_of
 
 # ---- published facts (Azure Monitor reference: supported logs per resource type, and the tables
 # ---- they land in with `log_analytics_destination_type="Dedicated"`) -------------------------
@@ -189,7 +190,7 @@ class Alerting(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AlertingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Alerting", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
         tags = dict(args.tags)
         unknown = sorted(set(args.defender_plans) - set(DEFENDER_PLANS))
         if unknown:
@@ -239,7 +240,7 @@ class Alerting(pulumi.ComponentResource):
                                                 use_common_alert_schema=True, use_aad_auth=False)
                 ] if args.webhook_url is not None else [],
                 tags=tags,
-                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["webhookReceivers"]),
+                opts=children_of(self, opts, additional_secret_outputs=["webhookReceivers"]),
             )
         else:
             pulumi.log.warn("no alert receivers configured (palisade:alertEmails, palisade:azureMonitorWebhookUrl): "
@@ -388,7 +389,7 @@ class Alerting(pulumi.ComponentResource):
                     # The plan covers every resource of its kind in the subscription, not only this
                     # stack's: removing it from the list (or destroying the stack) leaves it on,
                     # so turning Defender off stays a decision made in Defender for Cloud.
-                    opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+                    opts=children_of(self, opts, retain_on_delete=True),
                 )
 
         self.action_group_id = action_group.id if action_group is not None else None

@@ -25,6 +25,7 @@ import pulumi_random as random
 from . import defaults
 from .config import EntraAdmin
 from .vault import VaultRef, store_secret
+from .options import children_of
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Database(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Database", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
         client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
 
         suffix = random.RandomString(f"{name}-suffix", length=6, special=False, upper=False, opts=child)
@@ -100,7 +101,7 @@ class Database(pulumi.ComponentResource):
                 tenant_id=client.tenant_id,
             ),
             tags=dict(args.tags),
-            opts=pulumi.ResourceOptions(parent=self, protect=True),
+            opts=children_of(self, opts, protect=True),
         )
 
         # The server applies one parameter change at a time, so each waits for the previous one.
@@ -120,7 +121,7 @@ class Database(pulumi.ComponentResource):
                 configuration_name=parameter,
                 value=value,
                 source="user-override",
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
+                opts=children_of(self, opts, depends_on=[previous]),
             )
 
         database = dbforpostgresql.Database(
@@ -130,7 +131,7 @@ class Database(pulumi.ComponentResource):
             database_name=args.database_name,
             charset="UTF8",
             collation="en_US.utf8",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
+            opts=children_of(self, opts, depends_on=[previous]),
         )
 
         if args.entra_admin is not None:
@@ -142,17 +143,17 @@ class Database(pulumi.ComponentResource):
                 principal_name=args.entra_admin.principal_name,
                 principal_type=args.entra_admin.principal_type,
                 tenant_id=client.tenant_id,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[database]),
+                opts=children_of(self, opts, depends_on=[database]),
             )
 
         host = server.fully_qualified_domain_name
         store_secret(
             f"{name}-admin-url", vault=args.vault, secret_name=self.admin_url_secret_name,
-            value=connection_url(args.admin_role, host, args.database_name), parent=self,
+            value=connection_url(args.admin_role, host, args.database_name), opts=children_of(self, opts),
         )
         store_secret(
             f"{name}-app-url", vault=args.vault, secret_name=self.app_url_secret_name,
-            value=connection_url(args.app_role, host, args.database_name), parent=self,
+            value=connection_url(args.app_role, host, args.database_name), opts=children_of(self, opts),
         )
 
         self.host = host
@@ -190,6 +191,6 @@ class DatabaseAccess(pulumi.ComponentResource):
             principal_name=args.migrator_name,
             principal_type="ServicePrincipal",
             tenant_id=args.tenant_id,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=children_of(self, opts),
         )
         self.register_outputs({})

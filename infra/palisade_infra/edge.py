@@ -29,6 +29,7 @@ import pulumi_cloudflare as cloudflare
 
 from . import defaults
 from .vault import VaultRef, store_secret
+from .options import children_of
 
 
 def _set(values: Sequence[str | int]) -> str:
@@ -63,7 +64,7 @@ class Edge(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: EdgeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Edge", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
         host = f'(http.host eq "{args.domain}")'
 
         def ruleset(label: str, title: str, description: str, phase: str, rules: list) -> None:
@@ -199,7 +200,7 @@ class Edge(pulumi.ComponentResource):
             opts=child,
         )
         store_secret(f"{name}-turnstile-secret", vault=args.vault, secret_name=self.turnstile_secret_name,
-                     value=widget.secret, parent=self)
+                     value=widget.secret, opts=children_of(self, opts))
 
         # --- the tunnel: this host name to the API on the replica's loopback, anything else 404.
         tunnel = cloudflare.ZeroTrustTunnelCloudflared(
@@ -224,7 +225,7 @@ class Edge(pulumi.ComponentResource):
             account_id=args.account_id, tunnel_id=tunnel.id, opts=pulumi.InvokeOutputOptions(parent=self)
         )
         store_secret(f"{name}-tunnel-token", vault=args.vault, secret_name=self.tunnel_token_secret_name,
-                     value=token.token, parent=self)
+                     value=token.token, opts=children_of(self, opts))
 
         self.turnstile_site_key = widget.sitekey
         self.tunnel_cname = tunnel.id.apply(lambda tunnel_id: f"{tunnel_id}.cfargotunnel.com")
@@ -253,6 +254,6 @@ class EdgeDns(pulumi.ComponentResource):
             proxied=True,
             ttl=1,
             comment="Palisade: proxied through the Cloudflare WAF to the tunnel (no public origin)",
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=children_of(self, opts),
         )
         self.register_outputs({})

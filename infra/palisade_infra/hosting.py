@@ -26,6 +26,7 @@ import pulumi_azure_native.monitor as monitor
 
 from .config import Issuer
 from .migration import MigrationRun
+from .options import children_of
 
 WORKLOAD_PROFILE = "Consumption"
 
@@ -79,7 +80,7 @@ class AppEnvironment(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AppEnvironmentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:AppEnvironment", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
 
         environment = app.ManagedEnvironment(
             f"{name}-environment",
@@ -202,7 +203,7 @@ class AppHosting(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AppHostingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:AppHosting", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
 
         common: dict[str, pulumi.Input[str]] = {
             "PALISADE_MODE": "production",
@@ -319,7 +320,7 @@ class AppHosting(pulumi.ComponentResource):
 
         # Migrations before traffic: this image's migration run succeeds before the API changes.
         migration = MigrationRun(f"{name}-migration-run", job_id=job.id, image=args.image,
-                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[job]))
+                                 opts=children_of(self, opts, depends_on=[job]))
 
         container_app = app.ContainerApp(
             f"{name}-api",
@@ -346,7 +347,7 @@ class AppHosting(pulumi.ComponentResource):
                 scale=app.ScaleArgs(min_replicas=args.min_replicas, max_replicas=args.max_replicas),
             ),
             tags=dict(args.tags),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[migration]),
+            opts=children_of(self, opts, depends_on=[migration]),
         )
 
         self.app_id = container_app.id

@@ -28,6 +28,7 @@ import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.managedidentity as managedidentity
 
 from .config import FederatedCredential
+from .options import children_of
 
 # Built-in role definitions (ids are the same in every tenant).
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"  # secrets/getSecret/action, secrets/readMetadata
@@ -68,7 +69,7 @@ class Identity(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Identity", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
         client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
 
         def role(guid: str) -> pulumi.Output[str]:

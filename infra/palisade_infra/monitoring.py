@@ -10,6 +10,8 @@ import pulumi
 import pulumi_azure_native.applicationinsights as applicationinsights
 import pulumi_azure_native.operationalinsights as operationalinsights
 
+from .options import children_of
+
 
 @dataclass
 class MonitoringArgs:
@@ -26,7 +28,7 @@ class Monitoring(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Monitoring", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
 
         workspace = operationalinsights.Workspace(
             f"{name}-logs",
@@ -50,7 +52,7 @@ class Monitoring(pulumi.ComponentResource):
             # Client IPs are personal data: keep Azure's masking on.
             disable_ip_masking=False,
             tags=dict(args.tags),
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["connectionString", "instrumentationKey"]),
+            opts=children_of(self, opts, additional_secret_outputs=["connectionString", "instrumentationKey"]),
         )
 
         self.workspace_id = workspace.id

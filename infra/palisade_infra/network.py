@@ -11,6 +11,8 @@ import pulumi_azure_native.network as network
 import pulumi_azure_native.privatedns as privatedns
 import pulumi_azure_native.resources as resources
 
+from .options import children_of
+
 KEY_VAULT_ZONE = "privatelink.vaultcore.azure.net"
 
 
@@ -37,7 +39,7 @@ class Network(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Network", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
         tags = dict(args.tags)
 
         group = resources.ResourceGroup(

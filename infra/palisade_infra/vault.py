@@ -17,6 +17,8 @@ import pulumi_azure_native.monitor as monitor
 import pulumi_azure_native.network as network
 import pulumi_random as random
 
+from .options import children_of
+
 KEK_NAME = "palisade-kek"
 
 
@@ -40,7 +42,7 @@ def store_secret(
     vault: VaultRef,
     secret_name: str,
     value: pulumi.Input[str],
-    parent: pulumi.Resource,
+    opts: pulumi.ResourceOptions,
     content_type: str = "text/plain",
 ) -> keyvault.Secret:
     """Write `value` to the vault as `secret_name`; the value is marked secret in the Pulumi state."""
@@ -54,7 +56,7 @@ def store_secret(
             content_type=content_type,
             attributes=keyvault.SecretAttributesArgs(enabled=True),
         ),
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=opts,
     )
 
 
@@ -84,7 +86,7 @@ class Secrets(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Secrets", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = children_of(self, opts)
         client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
 
         suffix = random.RandomString(
@@ -114,7 +116,7 @@ class Secrets(pulumi.ComponentResource):
             ),
             # Purge protection makes a deleted vault unrecoverable-by-name for the retention period;
             # a `pulumi destroy` of this stack should be a decision, not a side effect.
-            opts=pulumi.ResourceOptions(parent=self, protect=True),
+            opts=children_of(self, opts, protect=True),
         )
 
         endpoint = network.PrivateEndpoint(
@@ -170,13 +172,14 @@ class Secrets(pulumi.ComponentResource):
                     ],
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self, protect=True),
+            opts=children_of(self, opts, protect=True),
         )
 
         self.vault = VaultRef(name=vault.name, id=vault.id, uri=vault.properties.apply(lambda p: p.vault_uri),
                               resource_group_name=args.resource_group_name)
         self.stored = {
-            secret_name: store_secret(f"{name}-{secret_name}", vault=self.vault, secret_name=secret_name, value=value, parent=self)
+            secret_name: store_secret(f"{name}-{secret_name}", vault=self.vault, secret_name=secret_name, value=value,
+                                      opts=children_of(self, opts))
             for secret_name, value in args.stored_secrets.items()
         }
         self.vault_uri = self.vault.uri

@@ -331,6 +331,17 @@ class TestAppHosting:
         assert run.inputs["image"] == example.one(CONTAINER_APP).inputs["template"]["containers"][0]["image"]
         assert run.inputs["job_id"] == example.one(JOB).state["id"]
         assert example.waits_for("app-migration-run", "app-migrate")
+        # The job signs in to PostgreSQL as its Entra administrator, so that assignment comes first.
+        assert example.waits_for("app-migration-run", "database-access-migrator-admin")
+
+    def test_grants_come_after_what_they_grant_and_before_who_uses_them(self, example):
+        # A role assignment scoped to a secret needs the secret; a workload needs its grants.
+        assert example.waits_for("identity-app-reads-database-url", "database-app-url")
+        assert example.waits_for("identity-migrator-reads-admin-database-url", "database-admin-url")
+        assert example.waits_for("identity-tunnel-reads-cloudflared-tunnel-token", "edge-tunnel-token")
+        for workload in ("app-api", "app-migrate", "app-migration-run"):
+            assert example.waits_for(workload, "identity-app-reads-database-url"), workload
+            assert example.waits_for(workload, "identity-migrator-reads-admin-database-url"), workload
         assert example.waits_for("app-api", "app-migration-run")
         assert not example.waits_for("app-migrate", "app-api")
 
