@@ -24,8 +24,8 @@ import pulumi_random as random
 
 from . import defaults
 from .config import EntraAdmin
-from .vault import VaultRef, store_secret
 from .options import children_of
+from .vault import VaultRef, store_secret
 
 
 @dataclass

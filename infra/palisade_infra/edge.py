@@ -28,8 +28,8 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 
 from . import defaults
-from .vault import VaultRef, store_secret
 from .options import children_of
+from .vault import VaultRef, store_secret
 
 
 def _set(values: Sequence[str | int]) -> str:
