@@ -419,7 +419,10 @@ class FakeKeyVault:
     DEFAULT_KEY_OPS = ["encrypt", "decrypt", "wrapKey", "unwrapKey"]
     SUPPORTED_WRAP = {"RSA-OAEP-256"}
 
-    def __init__(self, pki: TestPKI, authority: FakeEntraID, *, key_size: int = 2048, port: int = 0) -> None:
+    def __init__(self, pki: TestPKI, authority: FakeEntraID, *, key_size: int = 2048, port: int = 0,
+                 name: str | None = None) -> None:
+        """`name`: the vault's own URL (https://<vault>.vault.azure.net), which the ids in its answers
+        carry, as Key Vault's do, when clients reach it by that name; default: its loopback URL."""
         self.authority = authority
         self.key_size = key_size
         self.secrets: dict[str, list[_SecretVersion]] = {}
@@ -431,7 +434,7 @@ class FakeKeyVault:
         self.authorize: Callable[[str, str, str], bool] | None = None
         self.lock = threading.Lock()
         self._server = _TLSServer(pki, self._route, port)
-        self.url = self._server.url
+        self.url = name.rstrip("/") if name else self._server.url
 
     @property
     def exchanges(self) -> list[Exchange]:

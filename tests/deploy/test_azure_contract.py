@@ -177,7 +177,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     bundle.write_bytes(pki.ca_file.read_bytes() + probe_pki.ca_file.read_bytes())
     bundle.chmod(0o644)
     entra = FakeEntraID(pki)
-    vault = FakeKeyVault(pki, entra, port=443)
+    vault = FakeKeyVault(pki, entra, port=443, name=contract["vault"]["uri"])
     vault.authorize = rbac_from(contract)
     postgres = EntraPostgres.start(entra, pki=pki)
 
@@ -270,6 +270,36 @@ class TestTheJobThenTheApi:
         assert r.json()["slug"] == "contoso"
         unauthenticated = httpx.get(f"{d.base_url}/api/v1/tenants/{tenant_id}", headers={"Host": APP_HOST})
         assert unauthenticated.status_code == 401
+
+    def test_a_provider_credential_is_sealed_with_the_key_vault_kek(self, deployment: Deployment):
+        # The KEK the program creates and grants the API identity (wrap/unwrap) seals tenant data keys.
+        d = deployment
+        created = d.api.run(d.api_platform, ["tenant", "create", "--name", "Northwind", "--slug", "northwind",
+                                             "--admin-issuer", d.idp.issuer, "--admin-subject", "nw-admin"])
+        assert created.returncode == 0, created.logs()[-4000:]
+        tenant = created.logs().strip().splitlines()[-1]
+        with httpx.Client(base_url=d.base_url, headers={"Host": APP_HOST,
+                                                        "Authorization": f"Bearer {d.idp.token('nw-admin')}"}) as c:
+            workspace = c.post(f"/api/v1/tenants/{tenant}/workspaces", json={"name": "Brand A", "slug": "brand-a"})
+            assert workspace.status_code == 201, workspace.text
+            base = f"/api/v1/tenants/{tenant}/workspaces/{workspace.json()['id']}/credentials"
+            stored = c.post(base, json={"provider": "anthropic", "label": "prod", "secret": "sk-ant-" + "x" * 40})
+            assert stored.status_code == 201, stored.text
+            assert "x" * 10 not in stored.text
+            assert c.get(f"{base}/{stored.json()['id']}").status_code == 200
+        # The key the program names, read with the API identity's grant (the SDK wraps with its public
+        # half locally; unwrapping, which only the vault can do, uses the same grant).
+        kek = d.contract["kek"]["name"]
+        calls = [ex for ex in d.vault.exchanges if ex.path.startswith(f"/keys/{kek}")]
+        assert calls and {ex.status for ex in calls} <= {200, 401}, sorted({ex.status for ex in calls})
+        # The operator's rotation: a new KEK version in the vault (its rotation policy's job), then
+        # `keys rotate` in the API's container unwraps (in the vault) and wraps under the new one.
+        d.vault.create_key(kek, key_ops=["wrapKey", "unwrapKey"])
+        rotated = d.api.run(d.api_platform, ["keys", "rotate", "--tenant", tenant])
+        assert rotated.returncode == 0, rotated.logs()[-4000:]
+        assert "1 tenant(s) re-wrapped" in rotated.logs()
+        unwraps = [ex for ex in d.vault.exchanges if ex.path.startswith(f"/keys/{kek}/") and ex.path.endswith("/unwrapkey")]
+        assert unwraps and unwraps[-1].status == 200
 
     def test_the_api_refuses_any_other_host_name(self, deployment: Deployment):
         d = deployment
