@@ -32,6 +32,21 @@ class IssuerConfig(BaseModel):
     roles_claim: str = "realm_access.roles"
     # Explicit discovery URL for IdPs reachable at another address than their issuer name.
     discovery_url: str | None = None
+    # The vendor's own IdP: the only kind of issuer whose tokens may carry `internal_admin` (vendor
+    # staff). A token from any other issuer that asserts it is refused (401), never downgraded.
+    vendor: bool = False
+    # With `vendor`: `internal_admin` also needs this value in this claim (a dotted path to a string
+    # or a list of strings, e.g. `groups` containing `palisade-staff`).
+    vendor_claim: str | None = None
+    vendor_claim_value: str | None = None
+
+    @model_validator(mode="after")
+    def _vendor_claim_pair(self) -> IssuerConfig:
+        if (self.vendor_claim is None) != (self.vendor_claim_value is None):
+            raise ValueError("vendor_claim and vendor_claim_value go together")
+        if self.vendor_claim is not None and not self.vendor:
+            raise ValueError("vendor_claim needs vendor: true")
+        return self
 
     @property
     def discovery(self) -> str:

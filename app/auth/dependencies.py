@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.audit.service import Category
+from app.audit.service import Actor, Category
+from app.auth.oidc import VendorRoleRefused
 from app.auth.principal import Principal
 from app.authz.denials import record_refusal
 from app.errors import Forbidden, Unauthenticated
@@ -20,6 +21,12 @@ def get_principal(request: Request, credentials: Annotated[HTTPAuthorizationCred
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Unauthenticated("missing")
         principal = request.app.state.verifier.verify(credentials.credentials)
+    except VendorRoleRefused as exc:
+        # A validly signed token claiming vendor staff from an issuer not trusted for it: who it named
+        # is worth keeping (the issuer vouched for the subject, not for the role).
+        record_refusal(request, action="token.vendor_role_refused", category=Category.authentication,
+                       actor=Actor(issuer=exc.issuer, subject=exc.subject, user_id=None, role="authenticated"))
+        raise Unauthenticated() from None
     except Unauthenticated as exc:
         # Recorded (never the token itself) so repeated failures per address raise an alert.
         record_refusal(request, action="token.missing" if exc.detail == "missing" else "token.rejected",

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app.config import DEV_ISSUER, IssuerConfig
 
 DEV_AUDIENCE = "palisade-dev"
-DEV_ISSUER_CONFIG = IssuerConfig(issuer=DEV_ISSUER, audience=DEV_AUDIENCE, roles_claim="roles")
+# The development issuer stands in for the vendor's IdP too (`dev-token --role internal_admin`).
+DEV_ISSUER_CONFIG = IssuerConfig(issuer=DEV_ISSUER, audience=DEV_AUDIENCE, roles_claim="roles", vendor=True)
 
 
 def load_or_create_key(path: Path) -> rsa.RSAPrivateKey:

@@ -19,11 +19,23 @@ import httpx
 import jwt
 from jwt import PyJWK
 
-from app.auth.principal import Principal
+from app.auth.principal import INTERNAL_ADMIN, Principal
 from app.config import IssuerConfig, Settings
 from app.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
+
+
+class VendorRoleRefused(Unauthenticated):
+    """A valid token asserting `internal_admin` from an issuer not trusted for vendor staff.
+
+    Answered like any other 401; the caller's identity is kept only for the audit trail.
+    """
+
+    def __init__(self, *, issuer: str, subject: str) -> None:
+        super().__init__()
+        self.issuer = issuer
+        self.subject = subject
 
 ALLOWED_ALGORITHMS = frozenset({"RS256", "PS256", "ES256"})
 _KEY_TYPES = {"RSA", "EC"}
@@ -167,13 +179,29 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise Unauthenticated() from None
         roles = _dotted(claims, keys.config.roles_claim)
+        token_roles = frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset()
+        if INTERNAL_ADMIN in token_roles and not _vendor_staff(keys.config, claims):
+            # A tenant's own IdP (or the vendor's, without the required group) cannot mint vendor staff.
+            raise VendorRoleRefused(issuer=claims["iss"], subject=str(claims["sub"]))
         return Principal(
             issuer=claims["iss"],
             subject=str(claims["sub"]),
-            token_roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
+            token_roles=token_roles,
             email=claims.get("email") if isinstance(claims.get("email"), str) else None,
             name=claims.get("name") if isinstance(claims.get("name"), str) else None,
         )
+
+
+def _vendor_staff(config: IssuerConfig, claims: Mapping[str, Any]) -> bool:
+    """May this issuer's token carry internal_admin: the vendor's issuer, with the required claim value if one is set."""
+    if not config.vendor:
+        return False
+    if config.vendor_claim is None:
+        return True
+    value = _dotted(claims, config.vendor_claim)
+    if isinstance(value, str):
+        return value == config.vendor_claim_value
+    return isinstance(value, list) and config.vendor_claim_value in [v for v in value if isinstance(v, str)]
 
 
 def _dotted(claims: Mapping[str, Any], path: str) -> Any:

@@ -492,7 +492,7 @@ def flat_roles_client(database: TestDatabase, idp: TestIdP) -> Iterator[TestClie
     settings = Settings(
         _env_file=None,
         database_url=database.app_url,
-        issuers=[IssuerConfig(issuer=idp.issuer, audience=idp.audience, roles_claim="roles")],
+        issuers=[IssuerConfig(issuer=idp.issuer, audience=idp.audience, roles_claim="roles", vendor=True)],
     )
     with dedicated_app(settings) as app_client:
         yield app_client

@@ -18,8 +18,9 @@ from tests.support.database import TestDatabase
 from tests.support.idp import TestIdP
 
 
-def settings_for(database: TestDatabase, *idps: TestIdP, **overrides: Any) -> Settings:
-    issuers = [IssuerConfig(issuer=i.issuer, audience=i.audience) for i in idps]
+def settings_for(database: TestDatabase, *idps: TestIdP, vendor: bool = True, **overrides: Any) -> Settings:
+    """The first IdP is the vendor's (trusted for internal_admin) unless `vendor=False`; the rest are customers'."""
+    issuers = [IssuerConfig(issuer=i.issuer, audience=i.audience, vendor=vendor and n == 0) for n, i in enumerate(idps)]
     # Every test shares one client address and a few session-wide callers: limits are lifted here,
     # and tests/edge/test_ratelimit.py sets the ones it tests.
     unlimited = 1_000_000
