@@ -1,17 +1,44 @@
 """The checks behind `palisade doctor`: prove, as the app role, that the database enforces the data rules.
 
-Everything here reads the catalogs (pg_class, pg_namespace, pg_attribute, pg_policy, pg_proc,
-pg_constraint, pg_index, pg_roles, has_table_privilege) through the role the app runs with, because
-what matters is what *that* role can do; nothing here writes or runs DDL. Each broken rule becomes
-a `Finding` naming the object, so an operator can fix it without reading SQL.
+Three layers, all run through the role the app runs with, because what matters is what *that*
+role can do. Each broken rule becomes a `Finding` naming the object, so an operator can fix it
+without reading SQL.
+
+1. Catalog shape (pg_class, pg_namespace, pg_attribute, pg_policy, pg_proc, pg_constraint,
+   pg_index, pg_roles, has_table_privilege), read in one read-only snapshot.
+2. Behaviour as written: every policy in pg_policies is compared with its expected canonical form
+   (`TENANT_TABLES` below: command, PERMISSIVE/RESTRICTIVE, roles, and the USING / WITH CHECK text
+   as PostgreSQL deparses it), and everything the app role can read, write or execute must be
+   either one of `TENANT_TABLES` or on the short `GLOBAL_TABLES` / `CALLABLE_FUNCTIONS` lists.
+3. Behaviour as run (`run_probe`): a live probe as the app role in a transaction that is always
+   rolled back. It never relies on the database holding suitable rows of its own choosing:
+   - the context is a *synthetic* tenant, workspace and user (fresh random UUIDs that own no row),
+     so any row the app role can see in a tenant-keyed table belongs to someone else: a leak. On
+     an empty database this proves nothing (there is nothing to leak), which is why layer 2 exists;
+   - the same with `app.platform_role = 'internal_admin'` and no tenant: vendor staff see tenant
+     metadata (the tables whose expected policy admits them) and no tenant content;
+   - for workspace-keyed tables, up to `PROBE_TENANTS` real tenants (listed the way vendor staff
+     list them) with a synthetic workspace: any visible row belongs to another workspace;
+   - for every tenant-keyed table the app role may INSERT into, an INSERT carrying another
+     (synthetic) tenant's id, and for workspace-keyed tables the own tenant with another
+     workspace's id, must be refused by a row level security WITH CHECK (SQLSTATE 42501), under
+     both the plain and the internal_admin context. PostgreSQL checks the RLS WITH CHECK before
+     NOT NULL, CHECK and foreign key constraints, so a one-column INSERT is enough: any other
+     outcome (the row goes in, or another constraint rejects it first) means WITH CHECK let it by.
+   Each statement runs under its own SAVEPOINT, so one refusal does not end the probe; settings are
+   transaction-local (`set_config(..., true)`), and the transaction is rolled back in a `finally`,
+   so nothing the probe does survives it. A statement and lock timeout keep it fast.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
 import sqlalchemy
+import sqlalchemy.exc
 from sqlalchemy import create_engine, pool, text
 
 
@@ -54,12 +81,107 @@ CHECKS = (
     "view_security_invoker",
     "definer_search_path",
     "key_tenant_id",
+    "tenant_key",
+    "policy_expected",
+    "policy_unexpected",
+    "policy_canonical",
+    "policy_setting",
+    "unlisted_object",
     "migration_head",
+    "probe_visibility",
+    "probe_with_check",
 )
 
 # The first minor of each major with the RLS fixes (CVE-2024-10976, CVE-2024-10978, CVE-2025-8713).
 # Majors after 17 were released with them; 15 is the floor anyway (security_invoker views need it).
 MINIMUM_MINOR = {15: 14, 16: 10, 17: 6}
+
+
+# --- The expected policies -------------------------------------------------------------------
+# Predicates as PostgreSQL deparses them into pg_policies (taken from a freshly migrated 15.x
+# database). `canonical()` normalises whitespace and the cosmetic column alias of a scalar
+# subquery (`( SELECT ... AS "nullif")`), which is all that varies between deparsers.
+_CURRENT_TENANT = "( SELECT (NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid AS \"nullif\")"
+_CURRENT_WORKSPACE = "( SELECT (NULLIF(current_setting('app.workspace_id'::text, true), ''::text))::uuid AS \"nullif\")"
+_PLATFORM_ROLE = "( SELECT current_setting('app.platform_role'::text, true) AS current_setting)"
+
+# The settings the app sets (app.db.session), and so the only ones a policy may read.
+APP_SETTINGS = frozenset({"app.tenant_id", "app.workspace_id", "app.user_id", "app.platform_role"})
+
+
+@dataclass(frozen=True)
+class ExpectedPolicy:
+    """One policy as it must read in pg_policies."""
+
+    name: str
+    permissive: bool
+    using: str | None
+    with_check: str | None
+    command: str = "ALL"
+    roles: tuple[str, ...] = ("public",)
+
+
+@dataclass(frozen=True)
+class TenantTable:
+    """A tenant-keyed table: its tenant column (uuid not null), its workspace column, its policies."""
+
+    policies: tuple[ExpectedPolicy, ...]
+    key: str = "tenant_id"
+    workspace_key: str | None = None
+
+
+TENANT_POLICY = ExpectedPolicy("tenant_isolation", True, f"(tenant_id = {_CURRENT_TENANT})", f"(tenant_id = {_CURRENT_TENANT})")
+WORKSPACE_POLICY = ExpectedPolicy(
+    "workspace_isolation", False, f"(workspace_id = {_CURRENT_WORKSPACE})", f"(workspace_id = {_CURRENT_WORKSPACE})"
+)
+# A tenants row is its own tenant; vendor staff (internal_admin) read tenant metadata, never write it.
+TENANTS_POLICY = ExpectedPolicy(
+    "tenant_isolation", True, f"((id = {_CURRENT_TENANT}) OR ({_PLATFORM_ROLE} = 'internal_admin'::text))", f"(id = {_CURRENT_TENANT})"
+)
+TENANT_OWNED = TenantTable((TENANT_POLICY,))
+# A further rule for workspace content (e.g. membership) is one more RESTRICTIVE policy here.
+WORKSPACE_OWNED = TenantTable((TENANT_POLICY, WORKSPACE_POLICY), workspace_key="workspace_id")
+
+# Every tenant-keyed table, one line each: a new one is added here, in the same change as its migration.
+TENANT_TABLES: dict[str, TenantTable] = {
+    "public.tenants": TenantTable((TENANTS_POLICY,), key="id"),
+    "public.users": TENANT_OWNED,
+    "public.tenant_memberships": TENANT_OWNED,
+    "public.workspaces": TENANT_OWNED,
+    "public.workspace_memberships": TENANT_OWNED,
+    "public.invitations": TENANT_OWNED,
+    "public.audit_events": TENANT_OWNED,
+    "public.audit_chain_heads": TENANT_OWNED,
+    "public.vendor_access_grants": TENANT_OWNED,
+    "public.tenant_data_keys": TENANT_OWNED,
+    "public.documents": WORKSPACE_OWNED,
+    "public.uploaded_files": WORKSPACE_OWNED,
+    "public.provider_credentials": WORKSPACE_OWNED,
+}
+
+# Relations the app role may touch that hold no tenant data, and why. Keep this list short.
+GLOBAL_TABLES: dict[str, str] = {
+    "public.alembic_version": "the schema revision, read by doctor",
+    "public.alert_counters": "platform alert windows; tenant ids only inside opaque keys",
+    "public.alert_firings": "platform alert state; tenant ids only inside opaque keys",
+    "public.rate_limit_windows": "rate-limit buckets keyed by pseudonymous digests",
+}
+
+# Functions in our schemas the app role may EXECUTE (signature as format('%I.%I(%s)') prints it).
+CALLABLE_FUNCTIONS: frozenset[str] = frozenset()
+
+# How many real tenants (and workspaces of each) the probe borrows ids from.
+PROBE_TENANTS = 3
+
+_ALIAS = re.compile(r"\s+AS\s+(?:\"(?:[^\"]|\"\")*\"|[A-Za-z_][A-Za-z0-9_$]*)\)")
+_SETTING = re.compile(r"current_setting\('((?:[^']|'')*)'")
+
+
+def canonical(expression: str | None) -> str | None:
+    """A deparsed predicate with whitespace and scalar-subquery aliases normalised away."""
+    if expression is None:
+        return None
+    return _ALIAS.sub(")", " ".join(expression.split()))
 
 
 def _user_schema(alias: str) -> str:
@@ -387,6 +509,152 @@ def _check_keys(conn: sqlalchemy.Connection) -> list[Finding]:
             findings.append(Finding("key_tenant_id", subject, f"Foreign key {conname} on tenant table {table} does not include tenant_id."))
     return findings
 
+_SQL_ALL_POLICIES = text(
+    """
+    select format('%I.%I', schemaname, tablename) as table_name, policyname, permissive, roles, cmd, qual, with_check
+      from pg_policies
+     where schemaname <> 'information_schema' and schemaname !~ '^pg_'
+     order by 1, 2
+    """
+)
+
+# The key columns of the expected tenant tables, with the table's RLS flags; a missing table or
+# column comes back as NULLs.
+_SQL_KEY_COLUMNS = text(
+    """
+    select want.table_name, want.column_name, c.oid is not null as table_exists,
+           c.relrowsecurity, c.relforcerowsecurity, a.atttypid = 'uuid'::regtype as is_uuid, a.attnotnull
+      from unnest(cast(:tables as text[]), cast(:columns as text[])) as want(table_name, column_name)
+      left join pg_class c on c.oid = to_regclass(want.table_name)
+      left join pg_attribute a on a.attrelid = c.oid and a.attname = want.column_name and not a.attisdropped
+     order by 1, 2
+    """
+)
+
+# What the app role can reach: relations it may read or write (any column), functions it may run.
+_SQL_REACHABLE = text(
+    f"""
+    select case c.relkind when 'v' then 'view' when 'm' then 'materialized view' when 'f' then 'foreign table'
+                          else 'table' end as kind,
+           format('%I.%I', n.nspname, c.relname) as name
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.relkind in ('r', 'p', 'v', 'm', 'f') and {_user_schema('n')}
+       and (has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE')
+            or has_any_column_privilege(c.oid, 'SELECT, INSERT, UPDATE'))
+    union all
+    select case p.prokind when 'p' then 'procedure' else 'function' end,
+           format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+     where {_user_schema('n')} and has_function_privilege(p.oid, 'EXECUTE')
+     order by 2
+    """
+)
+
+
+def _describe_policy(permissive: bool, command: str, roles: tuple[str, ...]) -> str:
+    return f"{'PERMISSIVE' if permissive else 'RESTRICTIVE'} FOR {command} TO {', '.join(roles)}"
+
+
+def _predicate_problem(clause: str, actual: str | None, expected: str | None) -> str | None:
+    got, want = canonical(actual), canonical(expected)
+    if got == want:
+        return None
+    if want is None:
+        return f"has a {clause} ({got}) where none is expected"
+    if got is None:
+        return f"has no {clause}; expected {want}"
+    if got in ("true", "(true)"):
+        return f"{clause} is constant true; expected {want}"
+    if got.count(" OR ") > want.count(" OR "):
+        return f"{clause} adds a disjunct (OR widens access): {got}; expected {want}"
+    return f"{clause} is {got}; expected {want}"
+
+
+def _check_policies_canonical(conn: sqlalchemy.Connection) -> list[Finding]:
+    findings = []
+    actual: dict[str, dict[str, sqlalchemy.Row]] = defaultdict(dict)
+    for row in conn.execute(_SQL_ALL_POLICIES):
+        actual[row.table_name][row.policyname] = row
+        unknown = sorted({m.group(1) for expr in (row.qual, row.with_check) if expr for m in _SETTING.finditer(expr)} - APP_SETTINGS)
+        if unknown:
+            findings.append(
+                Finding("policy_setting", f"{row.table_name}.{row.policyname}",
+                        f"Policy {row.policyname} on {row.table_name} reads {', '.join(unknown)}, which the app never sets.")
+            )
+    for table, present in sorted(actual.items()):
+        expected = {p.name: p for p in TENANT_TABLES[table].policies} if table in TENANT_TABLES else {}
+        for name in sorted(present.keys() - expected.keys()):
+            row = present[name]
+            findings.append(
+                Finding("policy_unexpected", f"{table}.{name}",
+                        f"Policy {name} on {table} ({row.permissive} FOR {row.cmd}) is not one of the expected policies; "
+                        "add it to TENANT_TABLES in app/db/doctor.py if it is meant to be there.")
+            )
+    for table, spec in TENANT_TABLES.items():
+        present = actual.get(table, {})
+        for want in spec.policies:
+            subject = f"{table}.{want.name}"
+            row = present.get(want.name)
+            if row is None:
+                findings.append(
+                    Finding("policy_expected", subject, f"{table} lacks its policy {want.name} ({_describe_policy(want.permissive, want.command, want.roles)}).")
+                )
+                continue
+            problems = []
+            shape = (row.permissive == "PERMISSIVE", row.cmd, tuple(row.roles or ()))
+            if shape != (want.permissive, want.command, want.roles):
+                problems.append(f"is {_describe_policy(*shape)}; expected {_describe_policy(want.permissive, want.command, want.roles)}")
+            for clause, got, expected in (("USING", row.qual, want.using), ("WITH CHECK", row.with_check, want.with_check)):
+                problem = _predicate_problem(clause, got, expected)
+                if problem:
+                    problems.append(problem)
+            if problems:
+                findings.append(Finding("policy_canonical", subject, f"Policy {want.name} on {table} " + "; ".join(problems) + "."))
+    return findings
+
+
+def _check_tenant_keys(conn: sqlalchemy.Connection) -> list[Finding]:
+    wanted = [(table, spec.key) for table, spec in TENANT_TABLES.items()]
+    wanted += [(table, spec.workspace_key) for table, spec in TENANT_TABLES.items() if spec.workspace_key]
+    rows = conn.execute(_SQL_KEY_COLUMNS, {"tables": [t for t, _ in wanted], "columns": [c for _, c in wanted]}).all()
+    findings = []
+    missing: set[str] = set()
+    for table, column, exists, enabled, forced, is_uuid, not_null in rows:
+        if not exists:
+            if table in missing:
+                continue
+            missing.add(table)
+            findings.append(Finding("tenant_key", table, f"Tenant table {table} is expected but does not exist (or the app role cannot see it)."))
+            continue
+        if is_uuid is None:
+            findings.append(Finding("tenant_key", f"{table}.{column}", f"Tenant table {table} has no {column} column."))
+        elif not (is_uuid and not_null):
+            findings.append(Finding("tenant_key", f"{table}.{column}", f"{table}.{column} must be uuid not null."))
+        # Tables keyed by tenant_id get these from the rls_enabled/force_rls checks already.
+        if column == TENANT_TABLES[table].key and column != "tenant_id":
+            if not enabled:
+                findings.append(Finding("rls_enabled", table, f"Tenant table {table} does not enable row level security."))
+            if not forced:
+                findings.append(Finding("force_rls", table, f"Tenant table {table} does not FORCE row level security."))
+    return findings
+
+
+def _check_reachable(conn: sqlalchemy.Connection) -> list[Finding]:
+    findings = []
+    for kind, name in conn.execute(_SQL_REACHABLE):
+        if kind in ("procedure", "function"):
+            if name not in CALLABLE_FUNCTIONS:
+                findings.append(
+                    Finding("unlisted_object", name, f"The app role may execute the {kind} {name}, which is not in CALLABLE_FUNCTIONS.")
+                )
+        elif name not in TENANT_TABLES and name not in GLOBAL_TABLES:
+            findings.append(
+                Finding("unlisted_object", name,
+                        f"The app role can read or write the {kind} {name}, which is neither a tenant table (TENANT_TABLES) "
+                        "nor an allowed global table (GLOBAL_TABLES).")
+            )
+    return findings
+
 
 def _check_migration_head(conn: sqlalchemy.Connection, expected_head: str) -> list[Finding]:
     exists, readable = conn.execute(_SQL_ALEMBIC_READABLE).one()
@@ -401,6 +669,167 @@ def _check_migration_head(conn: sqlalchemy.Connection, expected_head: str) -> li
     return []
 
 
+# --- The live probe --------------------------------------------------------------------------
+
+_SQL_CONTEXT = text(
+    "select set_config('app.tenant_id', :tenant, true), set_config('app.workspace_id', :workspace, true),"
+    " set_config('app.user_id', :user, true), set_config('app.platform_role', :platform_role, true)"
+)
+
+_SQL_PROBE_TABLES = text(
+    f"""
+    select format('%I.%I', n.nspname, c.relname) as name,
+           has_table_privilege(c.oid, 'SELECT') as can_select, has_table_privilege(c.oid, 'INSERT') as can_insert,
+           exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped) as has_tenant_id,
+           exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'workspace_id' and not a.attisdropped) as has_workspace_id
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.relkind in ('r', 'p') and {_user_schema('n')}
+     order by 1
+    """
+)
+
+
+@dataclass(frozen=True)
+class _Probed:
+    name: str
+    key: str
+    workspace_key: str | None
+    can_select: bool
+    can_insert: bool
+    admin_may_read: bool  # its expected policy lets internal_admin read it without a tenant context
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _probe_tables(conn: sqlalchemy.Connection) -> list[_Probed]:
+    probed = []
+    for name, can_select, can_insert, has_tenant_id, has_workspace_id in conn.execute(_SQL_PROBE_TABLES):
+        spec = TENANT_TABLES.get(name)
+        if spec is None and not has_tenant_id:
+            continue
+        if spec is None:  # an unlisted table with tenant_id: probed as a tenant table anyway
+            spec = TenantTable((), workspace_key="workspace_id" if has_workspace_id else None)
+        admin = any("app.platform_role" in (p.using or "") for p in spec.policies)
+        probed.append(_Probed(name, spec.key, spec.workspace_key, can_select, can_insert, admin))
+    return probed
+
+
+def _first_key(conn: sqlalchemy.Connection, table: _Probed) -> tuple[str | None, str | None]:
+    """(a visible row's tenant key, None), or (None, the error) when the SELECT itself failed."""
+    try:
+        with conn.begin_nested():
+            return conn.execute(text(f"select {_ident(table.key)}::text from {table.name} limit 1")).scalar(), None
+    except sqlalchemy.exc.DBAPIError as exc:
+        return None, " ".join(str(exc.orig).split())
+
+
+def _insert_refused(conn: sqlalchemy.Connection, table: str, values: dict[str, str]) -> str | None:
+    """None when row level security refuses the INSERT, else what happened instead."""
+    columns = ", ".join(_ident(c) for c in values)
+    params = {f"v{i}": v for i, v in enumerate(values.values())}
+    placeholders = ", ".join(f":{p}" for p in params)
+    try:
+        with conn.begin_nested():
+            conn.execute(text(f"insert into {table} ({columns}) values ({placeholders})"), params)
+    except sqlalchemy.exc.DBAPIError as exc:
+        message = " ".join(str(exc.orig).split())
+        if getattr(exc.orig, "sqlstate", None) == "42501" and "row-level security" in message:
+            return None
+        return f"it was rejected by something else first ({message})"
+    return "the row was inserted (then rolled back)"
+
+
+def run_probe(conn: sqlalchemy.Connection) -> list[Finding]:
+    """The live probe (see the module docstring); always rolls back what it did."""
+    findings: list[Finding] = []
+    tenant, workspace, user, other = (str(uuid.uuid4()) for _ in range(4))
+
+    def context(tenant: str = "", workspace: str = "", user: str = "", platform_role: str = "") -> None:
+        conn.execute(_SQL_CONTEXT, {"tenant": tenant, "workspace": workspace, "user": user, "platform_role": platform_role})
+
+    try:
+        conn.execute(text("select set_config('statement_timeout', '5s', true), set_config('lock_timeout', '1s', true)"))
+        tables = _probe_tables(conn)
+        readable = [t for t in tables if t.can_select]
+
+        def look(table: _Probed, who: str, leak: str) -> None:
+            seen, error = _first_key(conn, table)
+            if error is not None:
+                findings.append(Finding("probe_visibility", table.name, f"{who}, reading {table.name} failed: {error}"))
+            elif seen is not None:
+                findings.append(Finding("probe_visibility", table.name, f"{who}, the app role sees a row of {table.name} {leak} (tenant {seen})."))
+
+        context(tenant, workspace, user)
+        for table in readable:
+            look(table, "As a synthetic tenant that owns no rows", "belonging to another tenant")
+        context(platform_role="internal_admin")
+        for table in readable:
+            if not table.admin_may_read:
+                look(table, "As internal_admin without a tenant context", "that vendor staff must not read")
+        # Real tenants, listed the way vendor staff list them, each with a workspace of no rows.
+        real: list[str] = []
+        tenants_table = next((t for t in readable if t.name == "public.tenants"), None)
+        if tenants_table is not None and tenants_table.admin_may_read:
+            try:
+                with conn.begin_nested():
+                    real = list(conn.execute(text(f"select id::text from public.tenants order by id limit {PROBE_TENANTS}")).scalars())
+            except sqlalchemy.exc.DBAPIError:
+                real = []
+        real_workspaces: list[str] = []
+        workspaces_table = next((t for t in readable if t.name == "public.workspaces"), None)
+        for real_tenant in real:
+            context(real_tenant, workspace, user)
+            for table in readable:
+                if table.workspace_key:
+                    look(table, f"As tenant {real_tenant} in a workspace that owns no rows", "from another workspace")
+            if workspaces_table is not None:
+                try:
+                    with conn.begin_nested():
+                        real_workspaces += conn.execute(
+                            text(f"select id::text from public.workspaces order by id limit {PROBE_TENANTS}")
+                        ).scalars()
+                except sqlalchemy.exc.DBAPIError:
+                    pass
+        # Someone else naming a real workspace (ids are not secrets): the tenant rule alone must hold.
+        for real_workspace in real_workspaces:
+            context(tenant, real_workspace, user)
+            for table in readable:
+                look(table, f"As a synthetic tenant naming workspace {real_workspace} of another tenant", "belonging to another tenant")
+            context("", real_workspace, "", "internal_admin")
+            for table in readable:
+                if not table.admin_may_read:
+                    look(table, f"As internal_admin without a tenant context, naming workspace {real_workspace}", "that vendor staff must not read")
+
+        for platform_role in ("", "internal_admin"):
+            context(tenant, workspace, user, platform_role)
+            who = "as internal_admin" if platform_role else "as a tenant"
+            for table in tables:
+                if not table.can_insert:
+                    continue
+                # The own workspace, so only the tenant rule can refuse it.
+                values = {table.key: other, **({table.workspace_key: workspace} if table.workspace_key else {})}
+                problem = _insert_refused(conn, table.name, values)
+                if problem:
+                    findings.append(
+                        Finding("probe_with_check", table.name, f"An INSERT into {table.name} {who} carrying another tenant's id was not refused by WITH CHECK: {problem}.")
+                    )
+                if table.workspace_key:
+                    problem = _insert_refused(conn, table.name, {table.key: tenant, table.workspace_key: other})
+                    if problem:
+                        findings.append(
+                            Finding("probe_with_check", table.name, f"An INSERT into {table.name} {who} carrying another workspace's id was not refused by WITH CHECK: {problem}.")
+                        )
+    finally:
+        conn.rollback()
+    # One finding per table and check is enough to name it; keep the first message.
+    unique: dict[tuple[str, str], Finding] = {}
+    for finding in findings:
+        unique.setdefault((finding.check, finding.subject), finding)
+    return list(unique.values())
+
+
 def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None = None) -> Report:
     """Run every check on an open connection (as the app role) and report what is wrong."""
     steps = [
@@ -413,6 +842,9 @@ def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None =
         (("view_security_invoker",), _check_views),
         (("definer_search_path",), _check_definer_functions),
         (("key_tenant_id",), _check_keys),
+        (("tenant_key",), _check_tenant_keys),
+        (("policy_expected", "policy_unexpected", "policy_canonical", "policy_setting"), _check_policies_canonical),
+        (("unlisted_object",), _check_reachable),
     ]
     findings: list[Finding] = []
     checks_run: list[str] = []
@@ -436,8 +868,15 @@ def run_doctor(app_url: str, *, expected_head: str | None = None) -> Report:
         # One read-only snapshot: the checks see a consistent catalog and cannot change anything.
         with engine.connect().execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) as conn:
             try:
-                return run_checks(conn, expected_head=expected_head)
+                report = run_checks(conn, expected_head=expected_head)
             finally:
                 conn.rollback()
+        # A role that bypasses row level security is failed already; probing its policies proves nothing.
+        if any(f.check in ("role_superuser", "role_bypassrls") for f in report.findings):
+            return report
+        # The probe needs INSERT (to be refused), so its own read-write transaction, always rolled back.
+        with engine.connect() as conn:
+            probe = run_probe(conn)
+        return Report(findings=[*report.findings, *probe], checks_run=[*report.checks_run, "probe_visibility", "probe_with_check"])
     finally:
         engine.dispose()

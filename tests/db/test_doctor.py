@@ -77,14 +77,16 @@ class TestForceRowLevelSecurity:
 
     def test_disabled_rls_names_the_table(self, fresh_database):
         admin_execute(fresh_database, "ALTER TABLE workspaces DISABLE ROW LEVEL SECURITY")
-        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [("rls_enabled", "public.workspaces")]
+        # The probe's INSERT for another tenant now gets in, and says so.
+        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [("rls_enabled", "public.workspaces"), ("probe_with_check", "public.workspaces")]
 
 
 class TestPolicyMissing:
     def test_tenant_table_without_policy(self, fresh_database):
         admin_execute(fresh_database, "DROP POLICY tenant_isolation ON audit_events")
         report = doctor(fresh_database)
-        assert [(f.check, f.subject) for f in report.findings] == [("policy_missing", "public.audit_events")]
+        assert [(f.check, f.subject) for f in report.findings] == [
+            ("policy_missing", "public.audit_events"), ("policy_expected", "public.audit_events.tenant_isolation")]
 
     def test_new_tenant_table_with_rls_but_no_policy(self, fresh_database):
         admin_execute(
@@ -99,24 +101,29 @@ class TestPolicyMissing:
 class TestPolicyExpressions:
     def test_update_policy_without_with_check(self, fresh_database):
         admin_execute(fresh_database, "CREATE POLICY editable ON documents AS RESTRICTIVE FOR UPDATE USING (true)")
-        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [("policy_with_check", "public.documents.editable")]
+        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [
+            ("policy_with_check", "public.documents.editable"), ("policy_unexpected", "public.documents.editable")]
 
     def test_insert_policy_needs_no_using(self, fresh_database):
         # INSERT policies cannot have USING; only their WITH CHECK is required.
         admin_execute(fresh_database, "CREATE POLICY insertable ON documents AS RESTRICTIVE FOR INSERT WITH CHECK (true)")
-        assert doctor(fresh_database).ok
+        # Only the canonical-form check names it (it is not one of the expected policies).
+        assert subjects(doctor(fresh_database), "policy_using") == []
+        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [("policy_unexpected", "public.documents.insertable")]
 
 
 class TestSinglePermissivePolicy:
     def test_second_permissive_policy_names_the_table(self, fresh_database):
         admin_execute(fresh_database, "CREATE POLICY everyone_reads ON documents AS PERMISSIVE FOR SELECT USING (true)")
         report = doctor(fresh_database)
-        assert [(f.check, f.subject) for f in report.findings] == [("permissive_policies", "public.documents")]
+        assert [(f.check, f.subject) for f in report.findings] == [
+            ("permissive_policies", "public.documents"), ("policy_unexpected", "public.documents.everyone_reads")]
         assert "everyone_reads" in report.findings[0].message
 
-    def test_further_restrictive_policy_passes(self, fresh_database):
+    def test_further_restrictive_policy_must_be_an_expected_one(self, fresh_database):
+        # Not a permissive_policies finding; but every policy must be in doctor's expected forms.
         admin_execute(fresh_database, "CREATE POLICY readable ON documents AS RESTRICTIVE FOR SELECT USING (true)")
-        assert doctor(fresh_database).ok
+        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [("policy_unexpected", "public.documents.readable")]
 
 
 class TestRoleAttributes:
@@ -196,13 +203,16 @@ class TestViewsUseSecurityInvoker:
 class TestSecurityDefinerPinsSearchPath:
     def test_definer_without_search_path(self, fresh_database):
         admin_execute(fresh_database, "CREATE FUNCTION public.tenant_count(x int) RETURNS bigint LANGUAGE sql SECURITY DEFINER AS 'select 1::bigint'")
-        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [("definer_search_path", "public.tenant_count(x integer)")]
+        # PUBLIC may execute it by default, and it is not on the callable list either.
+        assert [(f.check, f.subject) for f in doctor(fresh_database).findings] == [
+            ("definer_search_path", "public.tenant_count(x integer)"), ("unlisted_object", "public.tenant_count(x integer)")]
 
     def test_definer_with_search_path_passes(self, fresh_database):
         admin_execute(
             fresh_database,
             "CREATE FUNCTION public.tenant_count(x int) RETURNS bigint LANGUAGE sql SECURITY DEFINER "
             "SET search_path = pg_catalog AS 'select 1::bigint'",
+            "REVOKE EXECUTE ON FUNCTION public.tenant_count(int) FROM PUBLIC",
         )
         assert doctor(fresh_database).ok
 

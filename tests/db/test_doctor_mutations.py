@@ -1,0 +1,222 @@
+"""Doctor proves behaviour, not shape: each weakening, alone on a fresh migrated clone, fails it.
+
+Every mutant is applied as the schema owner (or the superuser where the owner cannot), then doctor
+runs as the app role and must name the object. The first four are the ones issue 14 found passing
+the catalog-only doctor; the rest cover the other rules a weakening could slip through.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool, text
+
+from app.db.doctor import TENANT_TABLES, Report, canonical, run_doctor
+from app.db.migrate import alembic_config
+from tests.support.database import superuser_execute
+
+if TYPE_CHECKING:
+    from tests.support.database import TestDatabase
+
+_TENANT = "(select nullif(current_setting('app.tenant_id', true), '')::uuid)"
+_WORKSPACE = "(select nullif(current_setting('app.workspace_id', true), '')::uuid)"
+
+
+def doctor(db: TestDatabase) -> Report:
+    head = ScriptDirectory.from_config(alembic_config(admin_url=db.admin_url, app_role=db.app_role)).get_current_head()
+    return run_doctor(db.app_url, expected_head=head)
+
+
+def named(report: Report) -> set[tuple[str, str]]:
+    return {(f.check, f.subject) for f in report.findings}
+
+
+# (id, statements as the schema owner ({app} is the app role), findings that must be among doctor's)
+MUTANTS = [
+    (
+        "documents_tenant_policy_true",
+        ["DROP POLICY tenant_isolation ON documents",
+         "CREATE POLICY tenant_isolation ON documents AS PERMISSIVE FOR ALL USING (true) WITH CHECK (true)"],
+        {("policy_canonical", "public.documents.tenant_isolation"), ("probe_with_check", "public.documents")},
+    ),
+    (
+        "documents_workspace_policy_dropped",
+        ["DROP POLICY workspace_isolation ON documents"],
+        {("policy_expected", "public.documents.workspace_isolation"), ("probe_with_check", "public.documents")},
+    ),
+    (
+        "documents_internal_admin_disjunct",
+        ["DROP POLICY tenant_isolation ON documents",
+         f"CREATE POLICY tenant_isolation ON documents AS PERMISSIVE FOR ALL USING (tenant_id = {_TENANT} "
+         "OR current_setting('app.platform_role', true) = 'internal_admin') WITH CHECK (true)"],
+        {("policy_canonical", "public.documents.tenant_isolation"), ("probe_with_check", "public.documents")},
+    ),
+    (
+        "workspace_content_without_tenant_id",
+        ["CREATE TABLE workspace_notes (workspace_id uuid NOT NULL, id uuid PRIMARY KEY, body text NOT NULL)",
+         "GRANT SELECT, INSERT ON workspace_notes TO {app}"],
+        {("unlisted_object", "public.workspace_notes")},
+    ),
+    (
+        "second_permissive_policy",
+        ["CREATE POLICY shared ON documents AS PERMISSIVE FOR SELECT USING (true)"],
+        {("policy_unexpected", "public.documents.shared"), ("permissive_policies", "public.documents")},
+    ),
+    (
+        "no_force_rls",
+        ["ALTER TABLE documents NO FORCE ROW LEVEL SECURITY"],
+        {("force_rls", "public.documents")},
+    ),
+    (
+        "truncate_granted",
+        ["GRANT TRUNCATE ON documents TO {app}"],
+        {("table_privileges", "public.documents")},
+    ),
+    (
+        "definer_function_without_search_path",
+        ["CREATE FUNCTION public.count_documents() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+         "AS 'select count(*) from documents'",
+         "GRANT EXECUTE ON FUNCTION public.count_documents() TO {app}"],
+        {("definer_search_path", "public.count_documents()"), ("unlisted_object", "public.count_documents()")},
+    ),
+    (
+        "view_without_security_invoker",
+        ["CREATE VIEW document_titles AS SELECT tenant_id, id, title FROM documents",
+         "GRANT SELECT ON document_titles TO {app}"],
+        {("view_security_invoker", "public.document_titles"), ("unlisted_object", "public.document_titles")},
+    ),
+    (
+        "policy_reads_unset_setting",
+        ["DROP POLICY tenant_isolation ON users",
+         "CREATE POLICY tenant_isolation ON users AS PERMISSIVE FOR ALL "
+         "USING (tenant_id = nullif(current_setting('app.current_tenant', true), '')::uuid) "
+         "WITH CHECK (tenant_id = nullif(current_setting('app.current_tenant', true), '')::uuid)"],
+        {("policy_setting", "public.users.tenant_isolation"), ("policy_canonical", "public.users.tenant_isolation")},
+    ),
+    (
+        "workspace_policy_made_permissive",
+        ["DROP POLICY workspace_isolation ON uploaded_files",
+         f"CREATE POLICY workspace_isolation ON uploaded_files AS PERMISSIVE FOR ALL "
+         f"USING (workspace_id = {_WORKSPACE}) WITH CHECK (workspace_id = {_WORKSPACE})"],
+        {("policy_canonical", "public.uploaded_files.workspace_isolation"), ("permissive_policies", "public.uploaded_files"),
+         ("probe_with_check", "public.uploaded_files")},
+    ),
+    (
+        "tenants_with_check_true",
+        ["DROP POLICY tenant_isolation ON tenants",
+         f"CREATE POLICY tenant_isolation ON tenants AS PERMISSIVE FOR ALL USING (id = {_TENANT}) WITH CHECK (true)"],
+        {("policy_canonical", "public.tenants.tenant_isolation"), ("probe_with_check", "public.tenants")},
+    ),
+    (
+        "tenants_rls_disabled",
+        ["ALTER TABLE tenants DISABLE ROW LEVEL SECURITY"],
+        {("rls_enabled", "public.tenants"), ("probe_with_check", "public.tenants")},
+    ),
+    (
+        "tenant_policy_select_only",
+        ["DROP POLICY tenant_isolation ON workspaces",
+         f"CREATE POLICY tenant_isolation ON workspaces AS PERMISSIVE FOR SELECT USING (tenant_id = {_TENANT})"],
+        {("policy_canonical", "public.workspaces.tenant_isolation")},
+    ),
+    (
+        "tenant_policy_widened_to_another_tenant",
+        ["DROP POLICY tenant_isolation ON audit_events",
+         f"CREATE POLICY tenant_isolation ON audit_events AS PERMISSIVE FOR ALL "
+         f"USING (tenant_id = {_TENANT} OR tenant_id = '00000000-0000-0000-0000-000000000001') "
+         f"WITH CHECK (tenant_id = {_TENANT})"],
+        {("policy_canonical", "public.audit_events.tenant_isolation")},
+    ),
+    (
+        "extra_restrictive_policy",
+        ["CREATE POLICY maybe ON documents AS RESTRICTIVE FOR SELECT USING (true)"],
+        {("policy_unexpected", "public.documents.maybe")},
+    ),
+    (
+        "materialized_view_readable",
+        ["CREATE MATERIALIZED VIEW document_counts AS SELECT tenant_id, count(*) FROM documents GROUP BY tenant_id",
+         "GRANT SELECT ON document_counts TO {app}"],
+        {("unlisted_object", "public.document_counts")},
+    ),
+    (
+        "tenant_table_dropped_policy_missing",
+        ["DROP POLICY tenant_isolation ON tenant_data_keys"],
+        {("policy_missing", "public.tenant_data_keys"), ("policy_expected", "public.tenant_data_keys.tenant_isolation")},
+    ),
+]
+
+
+@pytest.mark.parametrize(("statements", "expected"), [pytest.param(s, e, id=i) for i, s, e in MUTANTS])
+def test_each_weakening_fails_doctor_naming_the_object(fresh_database, statements, expected):
+    superuser_execute(fresh_database.admin_url, *(s.format(app=fresh_database.app_role) for s in statements))
+    report = doctor(fresh_database)
+    assert not report.ok
+    assert expected <= named(report), report.findings
+
+
+def test_the_unmodified_database_passes(fresh_database):
+    report = doctor(fresh_database)
+    assert report.findings == []
+    assert {"policy_canonical", "unlisted_object", "probe_visibility", "probe_with_check"} <= set(report.checks_run)
+
+
+def test_expected_forms_match_a_freshly_migrated_database(fresh_database):
+    """The stored canonical forms are what the migrations create, policy for policy."""
+    engine = create_engine(fresh_database.superuser_db_url, poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(text("select 'public.' || tablename, policyname, qual, with_check from pg_policies")).all()
+    engine.dispose()
+    actual = {(t, p): (canonical(q), canonical(w)) for t, p, q, w in rows}
+    expected = {(t, p.name): (canonical(p.using), canonical(p.with_check)) for t, spec in TENANT_TABLES.items() for p in spec.policies}
+    assert actual == expected
+
+
+def _seed_two_tenants(db: TestDatabase) -> None:
+    """A victim tenant with two workspaces and a document in one, written as the superuser (no RLS)."""
+    victim, ws_a, ws_b = (str(uuid.uuid4()) for _ in range(3))
+    superuser_execute(
+        db.superuser_db_url,
+        f"INSERT INTO tenants (id, name, slug) VALUES ('{victim}', 'Victim', 'victim-{victim[:8]}')",
+        *(f"INSERT INTO workspaces (tenant_id, id, name, slug) VALUES ('{victim}', '{ws}', 'W', 'w-{ws[:8]}')" for ws in (ws_a, ws_b)),
+        f"INSERT INTO documents (tenant_id, id, workspace_id, title, body) VALUES ('{victim}', '{uuid.uuid4()}', '{ws_a}', 'secret', 'secret')",
+    )
+
+
+class TestTheProbeSeesLeaks:
+    def test_with_data_the_unmodified_database_passes(self, fresh_database):
+        _seed_two_tenants(fresh_database)
+        assert doctor(fresh_database).findings == []
+
+    def test_another_tenant_reads_the_victims_document(self, fresh_database):
+        _seed_two_tenants(fresh_database)
+        superuser_execute(fresh_database.admin_url, *MUTANTS[0][1])
+        report = doctor(fresh_database)
+        assert {("probe_visibility", "public.documents"), ("policy_canonical", "public.documents.tenant_isolation")} <= named(report)
+
+    def test_another_workspace_reads_the_document(self, fresh_database):
+        _seed_two_tenants(fresh_database)
+        superuser_execute(fresh_database.admin_url, "DROP POLICY workspace_isolation ON documents")
+        msgs = [f.message for f in doctor(fresh_database).findings if (f.check, f.subject) == ("probe_visibility", "public.documents")]
+        assert msgs and "another workspace" in msgs[0]
+
+    def test_internal_admin_reads_tenant_content(self, fresh_database):
+        _seed_two_tenants(fresh_database)
+        superuser_execute(fresh_database.admin_url, *MUTANTS[2][1])
+        assert ("probe_visibility", "public.documents") in named(doctor(fresh_database))
+
+    def test_the_probe_leaves_nothing_behind(self, fresh_database):
+        _seed_two_tenants(fresh_database)
+        superuser_execute(fresh_database.admin_url, *MUTANTS[0][1])  # WITH CHECK (true): the probe's INSERTs get through RLS
+        before = _counts(fresh_database)
+        doctor(fresh_database)
+        assert _counts(fresh_database) == before
+
+
+def _counts(db: TestDatabase) -> dict[str, int]:
+    engine = create_engine(db.superuser_db_url, poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        counts = {t: conn.execute(text(f"select count(*) from {t}")).scalar() for t in TENANT_TABLES}
+    engine.dispose()
+    return counts
