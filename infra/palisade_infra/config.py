@@ -60,12 +60,21 @@ class Issuer:
     audience: str
     roles_claim: str = "realm_access.roles"
     discovery_url: str | None = None
+    # The vendor's own IdP: the only issuer whose tokens may carry `internal_admin` (vendor staff),
+    # optionally only with `vendor_claim` (a dotted path) holding `vendor_claim_value`.
+    vendor: bool = False
+    vendor_claim: str | None = None
+    vendor_claim_value: str | None = None
 
-    def to_app(self) -> dict[str, str]:
+    def to_app(self) -> dict[str, object]:
         """The shape `app.config.IssuerConfig` reads."""
-        out = {"issuer": self.issuer, "audience": self.audience, "roles_claim": self.roles_claim}
+        out: dict[str, object] = {"issuer": self.issuer, "audience": self.audience, "roles_claim": self.roles_claim}
         if self.discovery_url:
             out["discovery_url"] = self.discovery_url
+        if self.vendor:
+            out["vendor"] = True
+        if self.vendor_claim:
+            out.update(vendor_claim=self.vendor_claim, vendor_claim_value=self.vendor_claim_value)
         return out
 
 
@@ -242,16 +251,23 @@ def _tags(value: Any) -> Mapping[str, str]:
 def _issuers(value: Any) -> tuple[Issuer, ...]:
     value = _structured(value)
     if not isinstance(value, list) or not value:
-        raise ValueError("must be a non-empty list of {issuer, audience[, rolesClaim, discoveryUrl]}")
+        raise ValueError("must be a non-empty list of {issuer, audience[, rolesClaim, discoveryUrl, vendor, "
+                         "vendorClaim, vendorClaimValue]}")
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, dict) or not item.get("issuer") or not item.get("audience"):
             raise ValueError(f"item {i} needs `issuer` and `audience`")
-        unknown = set(item) - {"issuer", "audience", "rolesClaim", "discoveryUrl"}
+        unknown = set(item) - {"issuer", "audience", "rolesClaim", "discoveryUrl", "vendor", "vendorClaim",
+                               "vendorClaimValue"}
         if unknown:
             raise ValueError(f"item {i} has unknown fields {sorted(unknown)}")
+        if not isinstance(item.get("vendor", False), bool):
+            raise ValueError(f"item {i}: vendor must be true or false")
+        if ("vendorClaim" in item) != ("vendorClaimValue" in item) or ("vendorClaim" in item and not item.get("vendor")):
+            raise ValueError(f"item {i}: vendorClaim and vendorClaimValue go together, on a vendor issuer only")
         issuer = Issuer(str(item["issuer"]), str(item["audience"]), str(item.get("rolesClaim", "realm_access.roles")),
-                        item.get("discoveryUrl"))
+                        item.get("discoveryUrl"), bool(item.get("vendor", False)), item.get("vendorClaim"),
+                        item.get("vendorClaimValue"))
         for url in (issuer.issuer, issuer.discovery_url):
             if url is not None and not url.startswith("https://"):
                 raise ValueError(f"item {i}: {url!r} must use https (production mode refuses anything else)")

@@ -220,7 +220,7 @@ class TestCryptoShredding:
         assert len(api.admin.get(api.url(0)).json()["items"]) == 3
 
         # A full dump of both tables, read past RLS, and the KEK with every version it ever had.
-        dump_keys = rows(superuser, "select * from tenant_data_keys")
+        dump_keys = rows(superuser, "select * from tenant_data_keys order by tenant_id, version")
         dump_rows = rows(superuser, "select * from provider_credentials where tenant_id = :t", t=api.world.tenant_id)
         mine = [k for k in dump_keys if k["tenant_id"] == api.world.tenant_id]
         assert [(k["version"], k["state"], k["wrapped"]) for k in mine] == [(1, "destroyed", None), (2, "destroyed", None)]

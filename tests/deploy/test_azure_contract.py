@@ -166,7 +166,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     idp = start_idp(audience=AUDIENCE, workdir=workdir / "idp",
                     tls={"cert": str(probe_pki.cert_file), "key": str(probe_pki.key_file), "ca": str(probe_pki.ca_file)})
     contract = render_contract({
-        "palisade:issuers": json.dumps([{"issuer": idp.issuer, "audience": AUDIENCE, "rolesClaim": "realm_access.roles"}]),
+        "palisade:issuers": json.dumps([{"issuer": idp.issuer, "audience": AUDIENCE, "rolesClaim": "realm_access.roles",
+                                         "vendor": True, "vendorClaim": "groups", "vendorClaimValue": "palisade-support"}]),
     }, workdir)
     vault_host = urlsplit(contract["vault"]["uri"]).hostname
     assert vault_host and vault_host.endswith(".vault.azure.net")
@@ -300,6 +301,17 @@ class TestTheJobThenTheApi:
         assert "1 tenant(s) re-wrapped" in rotated.logs()
         unwraps = [ex for ex in d.vault.exchanges if ex.path.startswith(f"/keys/{kek}/") and ex.path.endswith("/unwrapkey")]
         assert unwraps and unwraps[-1].status == 200
+
+    def test_vendor_staff_come_only_from_the_issuer_the_stack_marks(self, deployment: Deployment):
+        # The stack's issuer entry, as the program renders it, is what the app trusts for vendor staff.
+        d = deployment
+        staff = {"realm_access": {"roles": ["internal_admin"]}, "groups": ["palisade-support"]}
+        with httpx.Client(base_url=d.base_url, headers={"Host": APP_HOST}) as c:
+            ok = c.get("/api/v1/tenants", headers={"Authorization": f"Bearer {d.idp.token('vendor-1', claims=staff)}"})
+            assert ok.status_code == 200, ok.text
+            outsider = {"realm_access": {"roles": ["internal_admin"]}, "groups": ["customers"]}
+            refused = c.get("/api/v1/tenants", headers={"Authorization": f"Bearer {d.idp.token('vendor-2', claims=outsider)}"})
+            assert refused.status_code == 401
 
     def test_the_api_refuses_any_other_host_name(self, deployment: Deployment):
         d = deployment

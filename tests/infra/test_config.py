@@ -93,6 +93,17 @@ class TestValidation:
         assert "must be pinned by digest" in problems(image="ghcr.io/example/palisade:latest")
         stack_config.parse(raw(image="ghcr.io/example/palisade:1.2.3", allowMutableImageTag="true"))
 
+    def test_the_vendor_issuer_reaches_the_app_marked(self):
+        cfg = stack_config.parse(raw(issuers='[{"issuer": "https://sso.vendor.example", "audience": "a", "vendor": true, '
+                                             '"vendorClaim": "groups", "vendorClaimValue": "support"}]'))
+        assert cfg.issuers[0].to_app() == {"issuer": "https://sso.vendor.example", "audience": "a",
+                                           "roles_claim": "realm_access.roles", "vendor": True,
+                                           "vendor_claim": "groups", "vendor_claim_value": "support"}
+        assert "vendorClaim and vendorClaimValue go together" in problems(
+            issuers='[{"issuer": "https://sso.example", "audience": "a", "vendorClaim": "groups", "vendorClaimValue": "x"}]')
+        assert "vendor must be true or false" in problems(issuers='[{"issuer": "https://sso.example", "audience": "a", '
+                                                                  '"vendor": "yes"}]')
+
     def test_issuers_must_be_https(self):
         assert "must use https" in problems(issuers='[{"issuer": "http://idp.local", "audience": "a"}]')
 
