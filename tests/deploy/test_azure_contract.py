@@ -242,6 +242,14 @@ def secret_reads(d: Deployment, principal_of: dict[str, str]) -> list[tuple[str,
     return out
 
 
+def create_tenant(d: Deployment, name: str, slug: str, *, admin: str) -> str:
+    """`palisade tenant create` in the API's container (an operator's first step); the tenant's id."""
+    created = d.api.run(d.api_platform, ["tenant", "create", "--name", name, "--slug", slug,
+                                         "--admin-issuer", d.idp.issuer, "--admin-subject", admin])
+    assert created.returncode == 0, created.logs()[-4000:]
+    return created.logs().strip().splitlines()[-1]
+
+
 def names(d: Deployment) -> dict[str, str]:
     return {i["principal_id"]: i["name"] for i in d.contract["identities"].values()}
 
@@ -261,10 +269,7 @@ class TestTheJobThenTheApi:
 
     def test_the_api_serves_an_authenticated_request(self, deployment: Deployment):
         d = deployment
-        created = d.api.run(d.api_platform, ["tenant", "create", "--name", "Contoso", "--slug", "contoso",
-                                             "--admin-issuer", d.idp.issuer, "--admin-subject", "it-admin"])
-        assert created.returncode == 0, created.logs()[-4000:]
-        tenant_id = created.logs().strip().splitlines()[-1]
+        tenant_id = create_tenant(d, "Contoso", "contoso", admin="it-admin")
         token = d.idp.token("it-admin")
         r = httpx.get(f"{d.base_url}/api/v1/tenants/{tenant_id}", headers={"Host": APP_HOST, "Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
@@ -275,10 +280,7 @@ class TestTheJobThenTheApi:
     def test_a_provider_credential_is_sealed_with_the_key_vault_kek(self, deployment: Deployment):
         # The KEK the program creates and grants the API identity (wrap/unwrap) seals tenant data keys.
         d = deployment
-        created = d.api.run(d.api_platform, ["tenant", "create", "--name", "Northwind", "--slug", "northwind",
-                                             "--admin-issuer", d.idp.issuer, "--admin-subject", "nw-admin"])
-        assert created.returncode == 0, created.logs()[-4000:]
-        tenant = created.logs().strip().splitlines()[-1]
+        tenant = create_tenant(d, "Northwind", "northwind", admin="nw-admin")
         with httpx.Client(base_url=d.base_url, headers={"Host": APP_HOST,
                                                         "Authorization": f"Bearer {d.idp.token('nw-admin')}"}) as c:
             workspace = c.post(f"/api/v1/tenants/{tenant}/workspaces", json={"name": "Brand A", "slug": "brand-a"})
@@ -360,10 +362,7 @@ class TestTheJobThenTheApi:
         # no pending migration, so this exercises the job's sign-in, locks and role handling against
         # live traffic (not an expand step): no request may fail and the app role must still sign in.
         d = deployment
-        created = d.api.run(d.api_platform, ["tenant", "create", "--name", "Fabrikam", "--slug", "fabrikam",
-                                             "--admin-issuer", d.idp.issuer, "--admin-subject", "ops-admin"])
-        assert created.returncode == 0, created.logs()[-4000:]
-        tenant = created.logs().strip().splitlines()[-1]
+        tenant = create_tenant(d, "Fabrikam", "fabrikam", admin="ops-admin")
         token = d.idp.token("ops-admin")
         statuses: list[int] = []
         done = threading.Event()
