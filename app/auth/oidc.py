@@ -188,6 +188,7 @@ class TokenVerifier:
             subject=str(claims["sub"]),
             token_roles=token_roles,
             email=claims.get("email") if isinstance(claims.get("email"), str) else None,
+            email_verified=claims.get("email_verified") is True,
             name=claims.get("name") if isinstance(claims.get("name"), str) else None,
         )
 

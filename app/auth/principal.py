@@ -14,6 +14,8 @@ class Principal:
     # Role names found in the token's configured roles claim.
     token_roles: frozenset[str] = field(default_factory=frozenset)
     email: str | None = None
+    # True only when the token's `email_verified` claim is the JSON boolean true.
+    email_verified: bool = False
     name: str | None = None
 
     @property

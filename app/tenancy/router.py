@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from app.audit.schemas import VendorAccessGrantCreate, VendorAccessGrantRead
+from app.audit.service import Category
 from app.auth.dependencies import Caller, InternalAdmin
+from app.authz.denials import record_refusal
 from app.authz.dependencies import Meta, TenantAdmin, TenantMember, TenantMetadataReader, WorkspaceAdmin, WorkspaceManager
 from app.db.dependencies import DbSession
 from app.edge.turnstile import HumanVerified
+from app.errors import NotFound
 from app.tenancy import service
 from app.tenancy.schemas import (
     InvitationAccept,
@@ -39,7 +42,8 @@ def _member(user, membership) -> MemberRead:
 @router.post("/tenants", status_code=status.HTTP_201_CREATED, response_model=TenantCreated, tags=["tenants"])
 def create_tenant(body: TenantCreate, caller: InternalAdmin, session: DbSession, meta: Meta) -> TenantCreated:
     """Vendor staff create a tenant; the answer carries the first customer_admin's invitation."""
-    tenant, token = service.create_tenant(session, principal=caller, meta=meta, name=body.name, slug=body.slug)
+    tenant, token = service.create_tenant(session, principal=caller, meta=meta, name=body.name, slug=body.slug,
+                                          admin_email=body.admin_email)
     return TenantCreated(**TenantRead.model_validate(tenant).model_dump(), admin_invitation_token=token)
 
 
@@ -77,9 +81,19 @@ def create_invitation(body: InvitationCreate, scope: TenantMember) -> Invitation
 
 
 @router.post("/invitations/accept", response_model=InvitationAccepted, tags=["invitations"])
-def accept_invitation(body: InvitationAccept, caller: Caller, session: DbSession, meta: Meta, _: HumanVerified) -> InvitationAccepted:
-    """Join a tenant with an invitation token; a Turnstile token is required when Turnstile is on."""
-    tenant_id, user_id = service.accept_invitation(session, principal=caller, meta=meta, token=body.token)
+def accept_invitation(
+    body: InvitationAccept, caller: Caller, session: DbSession, meta: Meta, request: Request, _: HumanVerified,
+) -> InvitationAccepted:
+    """Join a tenant with an invitation token as its invitee: the bearer token must carry the invitation's
+    e-mail, verified. A Turnstile token is required when Turnstile is on."""
+    try:
+        tenant_id, user_id = service.accept_invitation(session, principal=caller, meta=meta, token=body.token)
+    except service.InvitationRefused as refused:
+        # The inviting tenant's trail learns that its invitation was presented by someone it does not name.
+        record_refusal(request, action="invitation.accept_refused", tenant_id=refused.tenant_id, category=Category.invitation,
+                       workspace_id=refused.workspace_id, target_type="invitation", target_id=refused.invitation_id,
+                       details={"reason": refused.reason})
+        raise NotFound() from None  # the very answer an unknown or expired invitation gets
     return InvitationAccepted(tenant_id=tenant_id, user_id=user_id)
 
 

@@ -33,8 +33,10 @@ def _hash(secret: str) -> str:
 # --- tenants -------------------------------------------------------------------------------------
 
 
-def create_tenant(session: Session, *, principal: Principal, meta: audit.RequestMeta, name: str, slug: str) -> tuple[Tenant, str]:
-    """Create a tenant and the one-time invitation for its first customer_admin (vendor staff only)."""
+def create_tenant(
+    session: Session, *, principal: Principal, meta: audit.RequestMeta, name: str, slug: str, admin_email: str,
+) -> tuple[Tenant, str]:
+    """Create a tenant and the one-time invitation for its first customer_admin, bound to `admin_email` (vendor staff only)."""
     apply_context(session, DbContext(platform_role=INTERNAL_ADMIN))
     if repo.slug_taken(session, Tenant, slug):
         raise Conflict("A tenant with this slug exists.")
@@ -42,7 +44,8 @@ def create_tenant(session: Session, *, principal: Principal, meta: audit.Request
     apply_context(session, DbContext(tenant_id=tenant.id, platform_role=INTERNAL_ADMIN))
     session.add(tenant)
     session.flush()
-    token = _new_invitation(session, tenant_id=tenant.id, tenant_role=TenantRole.customer_admin, invited_by=None)
+    token = _new_invitation(session, tenant_id=tenant.id, tenant_role=TenantRole.customer_admin, invited_by=None,
+                            email=admin_email)
     actor = audit.Actor(issuer=principal.issuer, subject=principal.subject, user_id=None, role=INTERNAL_ADMIN)
     audit.record(
         session, tenant_id=tenant.id, actor=actor, meta=meta, category=Category.vendor_access,
@@ -130,6 +133,39 @@ def remove_member(scope: TenantScope, *, user_id: uuid.UUID) -> None:
 # --- invitations ---------------------------------------------------------------------------------
 
 
+class InvitationRefused(NotFound):
+    """A live invitation presented by a token that does not prove its invitee's e-mail.
+
+    The caller sees exactly an unknown invitation's 404; the router records `reason` (never the
+    token) in the inviting tenant's audit trail.
+    """
+
+    def __init__(self, *, tenant_id: uuid.UUID, invitation_id: uuid.UUID, workspace_id: uuid.UUID | None, reason: str) -> None:
+        super().__init__()
+        self.tenant_id = tenant_id
+        self.invitation_id = invitation_id
+        self.workspace_id = workspace_id
+        self.reason = reason
+
+
+def normalise_email(value: str) -> str:
+    """What two e-mails must agree on: surrounding whitespace stripped, then Unicode case folding."""
+    return value.strip().casefold()
+
+
+def _invitee_refusal(invitation: Invitation, principal: Principal) -> str | None:
+    """Why this caller is not the invitee (None: they are)."""
+    if not invitation.email:
+        return "invitation_without_email"  # made before invitations named their invitee: re-issue it
+    if principal.email is None or not principal.email.strip():
+        return "email_missing"
+    if normalise_email(principal.email) != normalise_email(invitation.email):
+        return "email_mismatch"
+    if not principal.email_verified:
+        return "email_unverified"
+    return None
+
+
 def _new_invitation(
     session: Session,
     *,
@@ -156,12 +192,12 @@ def _new_invitation(
 def create_invitation(
     scope: TenantScope,
     *,
-    email: str | None,
+    email: str,
     tenant_role: TenantRole,
     workspace_id: uuid.UUID | None,
     workspace_role: WorkspaceRole | None,
 ) -> str:
-    """Invite someone; the inviter can grant neither a tenant nor a workspace role above their own."""
+    """Invite the holder of `email`; the inviter can grant neither a tenant nor a workspace role above their own."""
     assert scope.user_id is not None
     _check_inviter(scope.session, inviter_id=scope.user_id, tenant_role=tenant_role, workspace_id=workspace_id,
                    workspace_role=workspace_role)
@@ -176,7 +212,11 @@ def create_invitation(
 
 
 def accept_invitation(session: Session, *, principal: Principal, meta: audit.RequestMeta, token: str) -> tuple[uuid.UUID, uuid.UUID]:
-    """Join the inviting tenant (and workspace); returns (tenant_id, user_id). Bad tokens are 404."""
+    """Join the inviting tenant (and workspace); returns (tenant_id, user_id). Bad tokens are 404.
+
+    The caller must be the invitee: their token carries the invitation's e-mail (`normalise_email`
+    on both sides) with `email_verified: true`. Otherwise InvitationRefused, a 404 like any other.
+    """
     tenant_part, _, secret = token.partition(".")
     try:
         tenant_id = uuid.UUID(tenant_part)
@@ -194,6 +234,10 @@ def accept_invitation(session: Session, *, principal: Principal, meta: audit.Req
                            workspace_role=WorkspaceRole(invitation.workspace_role) if invitation.workspace_role else None)
         except DomainError:
             raise NotFound() from None
+    reason = _invitee_refusal(invitation, principal)
+    if reason is not None:
+        raise InvitationRefused(tenant_id=tenant_id, invitation_id=invitation.id, workspace_id=invitation.workspace_id,
+                                reason=reason)
     user = repo.find_user(session, issuer=principal.issuer, subject=principal.subject)
     if user is None:
         user = User(tenant_id=tenant_id, id=uuid.uuid4(), issuer=principal.issuer, subject=principal.subject,

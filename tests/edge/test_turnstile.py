@@ -75,8 +75,12 @@ def guarded(database, idp, siteverify: SiteVerify) -> Iterator[TestClient]:
         yield c
 
 
+INVITEE = "turnstile-invitee@people.example"
+
+
 def invitation(world: World) -> str:
-    r = world.admin.post(f"{world.base}/invitations", json={"workspace_id": str(world.workspaces[0]), "workspace_role": "member"})
+    r = world.admin.post(f"{world.base}/invitations",
+                         json={"email": INVITEE, "workspace_id": str(world.workspaces[0]), "workspace_role": "member"})
     return r.json()["token"]
 
 
@@ -89,7 +93,7 @@ def accept(guarded: TestClient, newcomer: Caller, token: str, turnstile: str | N
 
 class TestAccepted:
     def test_good_token_passes_and_siteverify_sees_secret_and_client_ip(self, world, client, idp, guarded, siteverify):
-        r = accept(guarded, person(client, idp), invitation(world), GOOD, "ts-ok")
+        r = accept(guarded, person(client, idp, email=INVITEE), invitation(world), GOOD, "ts-ok")
         assert r.status_code == 200, r.text
         (call,) = siteverify.calls
         assert (call["secret"], call["response"], call["remoteip"]) == (SECRET, GOOD, "203.0.113.9")
@@ -99,7 +103,7 @@ class TestAccepted:
 class TestRefused:
     @pytest.mark.parametrize("turnstile", [None, "", BAD, "x" * 2049])
     def test_missing_or_invalid_token_is_400_audited_and_changes_nothing(self, world, client, idp, guarded, vendor, turnstile):
-        newcomer, token = person(client, idp), invitation(world)
+        newcomer, token = person(client, idp, email=INVITEE), invitation(world)
         r = accept(guarded, newcomer, token, turnstile, "ts-bad")
         assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
         assert BAD not in r.text and SECRET not in r.text
@@ -111,14 +115,14 @@ class TestRefused:
     @pytest.mark.parametrize(("hostname", "action"), [("evil.example.com", "accept-invitation"), ("app.example.com", "login")])
     def test_token_for_another_site_or_action_is_400(self, world, client, idp, guarded, siteverify, hostname, action):
         siteverify.hostname, siteverify.action = hostname, action
-        assert accept(guarded, person(client, idp), invitation(world), GOOD, "ts-mismatch").status_code == 400
+        assert accept(guarded, person(client, idp, email=INVITEE), invitation(world), GOOD, "ts-mismatch").status_code == 400
 
 
 class TestOutageFailsClosed:
     @pytest.mark.parametrize(("status", "body"), [(500, b"oops"), (200, b"<html>captive portal</html>"), (200, b"[]")])
     def test_siteverify_errors_are_503(self, world, client, idp, guarded, siteverify, vendor, status, body):
         siteverify.status, siteverify.body = status, body
-        r = accept(guarded, person(client, idp), invitation(world), GOOD, "ts-down")
+        r = accept(guarded, person(client, idp, email=INVITEE), invitation(world), GOOD, "ts-down")
         assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
         events = vendor.get("/api/v1/audit-events", params={"correlation_id": "ts-down"}).json()["items"]
         assert [e["action"] for e in events][:1] == ["turnstile.unavailable"]
@@ -126,4 +130,4 @@ class TestOutageFailsClosed:
     def test_siteverify_unreachable_is_503(self, world, client, idp, database):
         settings = settings_for(database, idp, turnstile_secret=SECRET, turnstile_siteverify_url="http://127.0.0.1:9/siteverify")
         with TestClient(create_app(settings)) as c:
-            assert accept(c, person(client, idp), invitation(world), GOOD, "ts-unreach").status_code == 503
+            assert accept(c, person(client, idp, email=INVITEE), invitation(world), GOOD, "ts-unreach").status_code == 503

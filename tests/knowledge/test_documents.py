@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support.api import Caller, World, person
+from tests.support.api import Caller, World, invitee
 
 API = "/api/v1"
 PROBLEM_JSON = "application/problem+json"
@@ -353,9 +353,9 @@ class TestMaterialActionsAreAudited:
                        actor_subject=ws_admin.subject, actor_role="admin", target_id=str(uid), correlation_id=c)
 
     def test_invitation_accept(self, world: World, superuser) -> None:
+        newcomer = invitee(world.client, world.idp)
         token = world.admin.post(f"{world.base}/invitations", json={
-            "workspace_id": str(world.workspaces[0]), "workspace_role": "member"}).json()["token"]
-        newcomer = person(world.client, world.idp)
+            "email": newcomer.email, "workspace_id": str(world.workspaces[0]), "workspace_role": "member"}).json()["token"]
         c = cid()
         r = newcomer.post(f"{API}/invitations/accept", json={"token": token}, **with_cid(c))
         assert r.status_code == 200, r.text

@@ -44,6 +44,8 @@ class Caller:
     client: TestClient
     subject: str
     token: str
+    # The e-mail the token carries (with `email_verified: true` unless the test said otherwise).
+    email: str | None = None
 
     def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
@@ -65,10 +67,24 @@ class Caller:
         return self.request("DELETE", url, **kw)
 
 
-def person(client: TestClient, idp: TestIdP, *, roles: list[str] | None = None, **claims: Any) -> Caller:
+def new_email() -> str:
+    """A fresh invitee address, never used before."""
+    return f"invitee-{secrets.token_hex(6)}@people.example"
+
+
+def person(client: TestClient, idp: TestIdP, *, roles: list[str] | None = None, email: str | None = None,
+           email_verified: bool = True, **claims: Any) -> Caller:
+    """A new person; with `email`, their token carries it and `email_verified` (true by default)."""
     subject = f"user-{secrets.token_hex(6)}"
     token_claims = {"realm_access": {"roles": roles or []}, **claims}
-    return Caller(client, subject, idp.token(subject, claims=token_claims))
+    if email is not None:
+        token_claims |= {"email": email, "email_verified": email_verified}
+    return Caller(client, subject, idp.token(subject, claims=token_claims), email=email)
+
+
+def invitee(client: TestClient, idp: TestIdP) -> Caller:
+    """A new person whose token carries a fresh, verified e-mail: invite `caller.email`."""
+    return person(client, idp, email=new_email())
 
 
 @dataclass
@@ -90,13 +106,13 @@ class World:
         return f"{self.base}/workspaces/{self.workspaces[index]}"
 
     def join(self, *, workspace: int | None = None, role: str | None = None, tenant_role: str = "member") -> Caller:
-        """A new person who accepted an invitation from the customer_admin."""
-        body: dict[str, Any] = {"tenant_role": tenant_role}
+        """A new person who accepted an invitation from the customer_admin, made out to their verified e-mail."""
+        newcomer = invitee(self.client, self.idp)
+        body: dict[str, Any] = {"email": newcomer.email, "tenant_role": tenant_role}
         if workspace is not None:
             body |= {"workspace_id": str(self.workspaces[workspace]), "workspace_role": role}
         invite = self.admin.post(f"{self.base}/invitations", json=body)
         assert invite.status_code == 201, invite.text
-        newcomer = person(self.client, self.idp)
         accepted = newcomer.post("/api/v1/invitations/accept", json={"token": invite.json()["token"]})
         assert accepted.status_code == 200, accepted.text
         self.user_ids[newcomer.subject] = uuid.UUID(accepted.json()["user_id"])
@@ -105,9 +121,9 @@ class World:
 
 def make_world(client: TestClient, idp: TestIdP, vendor: Caller) -> World:
     slug = f"t-{secrets.token_hex(5)}"
-    created = vendor.post("/api/v1/tenants", json={"name": f"Tenant {slug}", "slug": slug})
+    admin = invitee(client, idp)
+    created = vendor.post("/api/v1/tenants", json={"name": f"Tenant {slug}", "slug": slug, "admin_email": admin.email})
     assert created.status_code == 201, created.text
-    admin = person(client, idp)
     accepted = admin.post("/api/v1/invitations/accept", json={"token": created.json()["admin_invitation_token"]})
     assert accepted.status_code == 200, accepted.text
     world = World(client, idp, uuid.UUID(created.json()["id"]), admin)

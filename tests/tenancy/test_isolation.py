@@ -72,7 +72,7 @@ ROUTES = [
     Route("member.patch", "PATCH", TENANT + "/members/{user}", {"role": "member"}, admin_only=True),
     Route("member.delete", "DELETE", TENANT + "/members/{user}", admin_only=True, ok=204),
     Route("invitation.create", "POST", TENANT + "/invitations",
-          {"tenant_role": "member", "workspace_id": "{ws}", "workspace_role": "viewer"}, ok=201),
+          {"email": "probe@people.example", "tenant_role": "member", "workspace_id": "{ws}", "workspace_role": "viewer"}, ok=201),
     Route("workspaces.list", "GET", TENANT + "/workspaces"),
     Route("workspace.create", "POST", TENANT + "/workspaces", {"name": "New", "slug": "new-brand"}, admin_only=True, ok=201),
     Route("workspace.get", "GET", WS),

@@ -41,14 +41,19 @@ def tenant_role(world: World, subject: str) -> str | None:
     return next((m["role"] for m in r.json() if m["subject"] == subject), None)
 
 
+INVITEE = "newcomer@people.example"
+
+
 def invite(world: World, inviter: Caller, **body: Any) -> httpx.Response:
+    body.setdefault("email", INVITEE)
     if "workspace" in body:
         body["workspace_id"] = str(world.workspaces[body.pop("workspace")])
     return inviter.post(f"{world.base}/invitations", json=body)
 
 
-def accept(world: World, token: str) -> tuple[Caller, httpx.Response]:
-    newcomer = person(world.client, world.idp)
+def accept(world: World, token: str, email: str = INVITEE) -> tuple[Caller, httpx.Response]:
+    """A new person, whose token carries `email` (verified), accepts."""
+    newcomer = person(world.client, world.idp, email=email)
     return newcomer, newcomer.post(f"{API}/invitations/accept", json={"token": token})
 
 
@@ -264,7 +269,7 @@ class TestRemovedMemberLosesAccessAtOnce:
     def test_reinvited_member_gets_no_old_workspace_role_back(self, world: World) -> None:
         member = world.join(workspace=0, role="admin")
         assert world.admin.delete(f"{world.base}/members/{world.user_ids[member.subject]}").status_code == 204
-        token = invite(world, world.admin, tenant_role="member").json()["token"]
+        token = invite(world, world.admin, tenant_role="member", email=member.email).json()["token"]
         r = member.post(f"{API}/invitations/accept", json={"token": token})
         assert r.status_code == 200, r.text
         assert r.json()["user_id"] == str(world.user_ids[member.subject])
