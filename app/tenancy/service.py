@@ -149,8 +149,12 @@ class InvitationRefused(NotFound):
 
 
 def normalise_email(value: str) -> str:
-    """What two e-mails must agree on: surrounding whitespace stripped, then Unicode case folding."""
-    return value.strip().casefold()
+    """What two e-mails must agree on: surrounding whitespace stripped, then lower case.
+
+    Not `casefold()`: it merges distinct letters (`ß` and `ss`), so an invitation to one address
+    could admit the owner of another.
+    """
+    return value.strip().lower()
 
 
 def _invitee_refusal(invitation: Invitation, principal: Principal) -> str | None:
