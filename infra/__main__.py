@@ -84,7 +84,7 @@ identity = Identity("identity", IdentityArgs(
     federated_credentials=cfg.federated_credentials, tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[secrets, database, edge]))
 
-DatabaseAccess("database-access", DatabaseAccessArgs(
+database_access = DatabaseAccess("database-access", DatabaseAccessArgs(
     resource_group_name=network.resource_group_name, server_name=database.server_name, tenant_id=database.tenant_id,
     migrator_name=identity_name(cfg.prefix, "migrator"), migrator_principal_id=identity.migrator.principal_id,
 ), opts=pulumi.ResourceOptions(depends_on=[database, identity]))
@@ -116,7 +116,7 @@ hosting = AppHosting("app", AppHostingArgs(
     collector_secret=sidecar_secret(defaults.APPINSIGHTS_CONNECTION_STRING, "APPLICATIONINSIGHTS_CONNECTION_STRING",
                                     identity.app.id) if use_collector else None,
     registry_server=cfg.registry_server, tags=tags,
-), opts=pulumi.ResourceOptions(depends_on=[identity, edge_dns]))
+), opts=pulumi.ResourceOptions(depends_on=[identity, edge_dns, database_access]))
 
 # Monitoring and alerts: PostgreSQL and app diagnostic settings, log and metric alert rules wired to
 # one action group, opt-in Defender plans (alerting.py). Last: it watches what is declared above.
