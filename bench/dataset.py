@@ -16,12 +16,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, pool, text
 
 from app.db.migrate import head_revision
 from bench.kit import BenchDatabase, BenchServer, Scale, execute_autocommit
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 LOADER_VERSION = 1
 DATASET_ISSUER = "https://bench-idp.invalid/"
@@ -55,8 +58,17 @@ def _uuid(rng: random.Random) -> uuid.UUID:
     return uuid.UUID(int=rng.getrandbits(128), version=4)
 
 
+def _schema_digest() -> str:
+    """The migrations' source, so an edited (unreleased) revision is not mistaken for the loaded one."""
+    digest = hashlib.sha256()
+    for path in sorted(MIGRATIONS.rglob("*.py")):
+        digest.update(path.relative_to(MIGRATIONS).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(scale: Scale) -> str:
-    key = f"{LOADER_VERSION}|{scale.tenants}|{scale.workspaces_per_tenant}|{scale.documents_per_workspace}|{head_revision()}"
+    key = (f"{LOADER_VERSION}|{scale.tenants}|{scale.workspaces_per_tenant}|{scale.documents_per_workspace}"
+           f"|{head_revision()}|{_schema_digest()}")
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
