@@ -7,13 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import APIRouter, Depends
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.dependencies import get_principal
-from app.credentials.router import router as credentials_router
 from app.crypto import datakeys
 from app.crypto.datakeys import DataKeys
 from app.crypto.kek import LocalKeyWrapper
@@ -21,8 +18,6 @@ from app.db.session import make_engine, make_session_factory
 from app.main import create_app
 from tests.credentials.helpers import Api
 from tests.support.api import World, settings_for
-
-CREDENTIALS_PATH = "/api/v1/tenants/{tenant_id}/workspaces/{workspace_id}/credentials"
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +40,8 @@ def data_keys(wrapper: LocalKeyWrapper) -> DataKeys:
 
 @pytest.fixture(scope="session")
 def cred_client(database, idp, data_keys: DataKeys) -> Iterator[TestClient]:
-    """The real app; the credentials routes are mounted here until app.main includes them."""
+    """The real app, with these tests' data keys installed after startup."""
     app = create_app(settings_for(database, idp))
-    if not any(getattr(r, "path", "").startswith(CREDENTIALS_PATH) for r in app.routes):
-        api = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
-        api.include_router(credentials_router)
-        app.include_router(api)
     with TestClient(app, raise_server_exceptions=False, client=("203.0.113.7", 50000)) as client:
         # After startup: whatever the lifespan installs, these tests use their own KEK directory.
         datakeys.install(data_keys)

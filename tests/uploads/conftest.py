@@ -1,35 +1,25 @@
-"""The app with the uploads router mounted the way `app.main` mounts it, and a world on it."""
+"""The real app with a lower knowledge-file cap, and a world on it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
-from app.auth.dependencies import get_principal
 from app.main import create_app
-from app.uploads.router import router as files_router
 from tests.support.api import World, make_world, person, settings_for
 
 MiB = 1024 * 1024
 # The knowledge cap in these tests; brand assets stay at their own 2 MiB. The 413 tests check the
 # problem's detail and the audit row: those refusals are this domain's, not the edge's body cap.
 UPLOAD_MAX_BYTES = 3 * MiB
-FILES_PATH = "/api/v1/tenants/{tenant_id}/workspaces/{workspace_id}/files"
-
-
-def _mounted(app: FastAPI) -> bool:
-    return any(getattr(route, "path", None) == FILES_PATH for route in app.routes)
 
 
 @pytest.fixture(scope="session")
 def files_client(database, idp) -> Iterator[TestClient]:
     app = create_app(settings_for(database, idp, upload_max_bytes=UPLOAD_MAX_BYTES))
-    if not _mounted(app):  # once app.main includes the router itself, this is a no-op
-        app.include_router(files_router, prefix="/api/v1", dependencies=[Depends(get_principal)])
     with TestClient(app, raise_server_exceptions=False, client=("203.0.113.7", 50000)) as client:
         yield client
 
