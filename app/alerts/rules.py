@@ -34,6 +34,7 @@ SECRET_PROVIDER_ERROR = "secrets.provider_error"
 RATE_LIMIT_SATURATED = "edge.rate_limit_saturated"
 BREAKER_OPEN = "pipelines.breaker_open"
 APPROVAL_BACKLOG = "approvals.backlog"
+VENDOR_ACCESS = "vendor.access_grant"
 
 # Roles whose grant is an escalation worth a page, whoever grants them.
 ESCALATION_ROLES = frozenset({"owner", "admin", "customer_admin"})
@@ -128,6 +129,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "(single documents and files deleted through the content API are ordinary edits and are not counted).",
         signal=DATA_DELETION, threshold=1, window_seconds=3600, cooldown_seconds=3600, severity="critical",
         key="`<tenant_id>|<target type>:<target id>`",
+    ),
+    Rule(
+        name="vendor_access_granted",
+        description="A customer_admin approved vendor staff's access request (or one was requested, denied, "
+        "revoked or expired): every approval is notified, each lifecycle step is counted.",
+        signal=VENDOR_ACCESS, threshold=1, window_seconds=3600, cooldown_seconds=300, severity="critical",
+        key="`<tenant_id>|<grant id>|<step>` (request, approve, deny, revoke, expire)",
     ),
     Rule(
         name="audit_chain_broken",
@@ -298,6 +306,9 @@ def observations_for_audit_event(event: Mapping[str, Any]) -> list[Observation]:
         if role is not None:
             user = event.get("target_id") or event.get("actor_user_id") or "-"
             out.append(Observation(ROLE_ESCALATION, f"{tenant}|{user}|{role}", details={**ids, "role": role}))
+    elif category == "vendor_access" and str(event.get("action") or "").startswith("vendor_grant."):
+        step = str(event["action"]).removeprefix("vendor_grant.")
+        out.append(Observation(VENDOR_ACCESS, f"{tenant}|{event.get('target_id') or '-'}|{step}", details=ids))
     elif category == "data_export" and outcome not in _FAILED:
         out.append(Observation(DATA_EXPORT, tenant, details=ids))
     elif category == "data_deletion" and outcome not in _FAILED and event.get("target_type") not in ("document", "file"):

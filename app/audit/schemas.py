@@ -58,18 +58,3 @@ class AuditEventRead(Output):
 class AuditEventPage(Output):
     items: list[AuditEventRead]
     next_cursor: str | None
-
-
-class VendorAccessGrantCreate(StrictInput):
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
-    hours: int = Field(ge=1, le=72, description="How long vendor staff may read the audit trail.")
-
-
-class VendorAccessGrantRead(Output):
-    id: uuid.UUID
-    tenant_id: uuid.UUID
-    granted_by: uuid.UUID
-    reason: str
-    expires_at: datetime
-    revoked_at: datetime | None
-    created_at: datetime

@@ -22,6 +22,8 @@ class TenantScope:
     # None for vendor staff looking at tenant metadata: they are no member of the tenant.
     user_id: uuid.UUID | None
     tenant_role: TenantRole | None
+    # Vendor staff entering under a customer-approved grant: its id goes into every audit event.
+    vendor_grant_id: uuid.UUID | None = None
 
     @property
     def is_customer_admin(self) -> bool:
@@ -35,6 +37,8 @@ class TenantScope:
         return audit.Actor(issuer=self.principal.issuer, subject=self.principal.subject, user_id=self.user_id, role=self.actor_role)
 
     def audit(self, *, category: audit.Category, action: str, **fields: Any) -> None:
+        if self.vendor_grant_id is not None:
+            fields["details"] = {**(fields.get("details") or {}), "vendor_grant_id": str(self.vendor_grant_id)}
         audit.record(self.session, tenant_id=self.tenant_id, actor=self.actor(), meta=self.meta, category=category, action=action, **fields)
 
 

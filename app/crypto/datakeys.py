@@ -283,6 +283,11 @@ def sealed_columns() -> list[SealedColumn]:
 # --- operator procedures ---------------------------------------------------------------------------
 
 
+# The platform role of `palisade keys rotate` while it re-encrypts a workspace's sealed columns: the
+# provider_credentials policy admits it (no user is a member of every workspace); the API never sets it.
+KEY_CUSTODIAN = "key_custodian"
+
+
 def _tenant_ids(sessions: sessionmaker[Session], only: Sequence[uuid.UUID] | None = None) -> list[uuid.UUID]:
     if only is not None:
         return list(only)
@@ -449,7 +454,7 @@ def _move_rows(sessions: sessionmaker[Session], keys: DataKeys, tenant_id: uuid.
         for workspace_id in workspaces if column.workspace_column else [None]:
             while True:
                 with sessions() as session, session.begin():
-                    apply_context(session, DbContext(tenant_id=tenant_id, workspace_id=workspace_id))
+                    apply_context(session, DbContext(tenant_id=tenant_id, workspace_id=workspace_id, platform_role=KEY_CUSTODIAN))
                     # FOR UPDATE: a concurrent replacement of the value either commits first (and
                     # is re-encrypted as written) or waits for this batch.
                     rows = session.execute(
@@ -494,7 +499,7 @@ def _retire(sessions: sessionmaker[Session], tenant_id: uuid.UUID, target: int, 
         for column in sealed:
             t = column.table.c
             for workspace_id in workspaces if column.workspace_column else [None]:
-                apply_context(session, DbContext(tenant_id=tenant_id, workspace_id=workspace_id))
+                apply_context(session, DbContext(tenant_id=tenant_id, workspace_id=workspace_id, platform_role=KEY_CUSTODIAN))
                 left = select(t[column.id_column]).where(t.tenant_id == tenant_id, t[column.version_column].in_(movable))
                 if movable and session.scalar(left.limit(1)) is not None:
                     return None

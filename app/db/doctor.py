@@ -86,6 +86,7 @@ CHECKS = (
     "policy_unexpected",
     "policy_canonical",
     "policy_setting",
+    "function_canonical",
     "unlisted_object",
     "migration_head",
     "probe_visibility",
@@ -106,7 +107,8 @@ _CURRENT_WORKSPACE = "( SELECT (NULLIF(current_setting('app.workspace_id'::text,
 _PLATFORM_ROLE = "( SELECT current_setting('app.platform_role'::text, true) AS current_setting)"
 
 # The settings the app sets (app.db.session), and so the only ones a policy may read.
-APP_SETTINGS = frozenset({"app.tenant_id", "app.workspace_id", "app.user_id", "app.platform_role"})
+APP_SETTINGS = frozenset({"app.tenant_id", "app.workspace_id", "app.user_id", "app.platform_role", "app.vendor_issuer",
+                          "app.vendor_subject"})
 
 
 @dataclass(frozen=True)
@@ -138,25 +140,84 @@ WORKSPACE_POLICY = ExpectedPolicy(
 TENANTS_POLICY = ExpectedPolicy(
     "tenant_isolation", True, f"((id = {_CURRENT_TENANT}) OR ({_PLATFORM_ROLE} = 'internal_admin'::text))", f"(id = {_CURRENT_TENANT})"
 )
+# Revision 0007: membership and vendor grants, read by the policies themselves. Built from the
+# deparsed pieces below (aliases already stripped, as `canonical()` leaves them).
+_U = "( SELECT (NULLIF(current_setting('app.user_id'::text, true), ''::text))::uuid)"
+_T = "( SELECT (NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid)"
+_W = "( SELECT (NULLIF(current_setting('app.workspace_id'::text, true), ''::text))::uuid)"
+_P = "( SELECT current_setting('app.platform_role'::text, true))"
+_VI = "( SELECT current_setting('app.vendor_issuer'::text, true))"
+_VS = "( SELECT current_setting('app.vendor_subject'::text, true))"
+_USER_SET = f"({_U} IS NOT NULL)"
+_VENDOR = f"({_P} = 'internal_admin'::text)"
+_NOT_VENDOR = f"({_P} IS DISTINCT FROM 'internal_admin'::text)"
+_TENANT_MEMBER = "( SELECT rls_tenant_member())"
+_TENANT_ADMIN = "( SELECT rls_tenant_admin())"
+_WORKSPACE_MEMBER = "( SELECT rls_workspace_member())"
+_REQUESTER = f"((requester_issuer)::text = {_VI}) AND ((requester_subject)::text = {_VS})"
+
+
+def _grant(scope: str, *, workspace: bool = False) -> str:
+    return f"( SELECT rls_vendor_grant('{scope}'::text, {'true' if workspace else 'false'}))"
+
+
+def _case(member: str, vendor: str, otherwise: str) -> str:
+    return f"CASE WHEN {_USER_SET} THEN {member} WHEN {_VENDOR} THEN {vendor} ELSE {otherwise} END"
+
+
+def _tenant_access(vendor_reads: str) -> ExpectedPolicy:
+    """A named user must be a member; vendor staff read only what `vendor_reads` admits, never write."""
+    return ExpectedPolicy("tenant_access", False, _case(_TENANT_MEMBER, vendor_reads, "true"), _case(_TENANT_MEMBER, "false", "true"))
+
+
+_CONTENT_ACCESS = ExpectedPolicy(
+    "workspace_access", False, _case(_WORKSPACE_MEMBER, _grant("content", workspace=True), "false"),
+    f"CASE WHEN {_USER_SET} THEN {_WORKSPACE_MEMBER} ELSE false END",
+)
+_VENDOR_READ_ONLY = ExpectedPolicy("vendor_read_only", False, _NOT_VENDOR, None, command="DELETE")
+_CREDENTIAL = (f"CASE WHEN {_USER_SET} THEN ({_WORKSPACE_MEMBER} OR {_TENANT_ADMIN})"
+               f" WHEN ({_P} = 'key_custodian'::text) THEN true ELSE false END")
+_OWN_EVENT = (f"((tenant_id = '00000000-0000-0000-0000-000000000000'::uuid)"
+              f" OR (((actor_issuer)::text = {_VI}) AND ((actor_subject)::text = {_VS})))")
+_AUDIT_ACCESS = ExpectedPolicy(
+    "tenant_access", False,
+    _case(_TENANT_MEMBER, _OWN_EVENT[:-1] + f" OR {_grant('audit')})", "true"), _case(_TENANT_MEMBER, _OWN_EVENT, "true"),
+)
+
+# The policies that check membership (or a vendor grant): the probe expects a non-member to see nothing.
+MEMBERSHIP_POLICIES = frozenset({"tenant_access", "workspace_access"})
+# On the tables those checks read: closed to vendor staff without a grant, open to the tenant.
+VENDOR_POLICY = "vendor_access"
+
 TENANT_OWNED = TenantTable((TENANT_POLICY,))
-# A further rule for workspace content (e.g. membership) is one more RESTRICTIVE policy here.
-WORKSPACE_OWNED = TenantTable((TENANT_POLICY, WORKSPACE_POLICY), workspace_key="workspace_id")
+# Rows visible only to members of the tenant (when the context names a user).
+MEMBERS_ONLY = TenantTable((TENANT_POLICY, _tenant_access("false")))
+METADATA = TenantTable((TENANT_POLICY, _tenant_access(_grant("metadata"))))
+# Workspace content: the workspace in the context, and a user who is a member of it.
+WORKSPACE_OWNED = TenantTable((TENANT_POLICY, WORKSPACE_POLICY, _CONTENT_ACCESS, _VENDOR_READ_ONLY), workspace_key="workspace_id")
 
 # Every tenant-keyed table, one line each: a new one is added here, in the same change as its migration.
 TENANT_TABLES: dict[str, TenantTable] = {
     "public.tenants": TenantTable((TENANTS_POLICY,), key="id"),
-    "public.users": TENANT_OWNED,
-    "public.tenant_memberships": TENANT_OWNED,
-    "public.workspaces": TENANT_OWNED,
-    "public.workspace_memberships": TENANT_OWNED,
-    "public.invitations": TENANT_OWNED,
-    "public.audit_events": TENANT_OWNED,
-    "public.audit_chain_heads": TENANT_OWNED,
-    "public.vendor_access_grants": TENANT_OWNED,
-    "public.tenant_data_keys": TENANT_OWNED,
+    "public.users": METADATA,
+    # Read by every membership check, so checked for vendor staff only (a self-check would recurse).
+    "public.tenant_memberships": TenantTable((TENANT_POLICY, ExpectedPolicy(
+        "vendor_access", False, f"CASE WHEN {_VENDOR} THEN {_grant('metadata')} ELSE true END", _NOT_VENDOR))),
+    "public.workspaces": METADATA,
+    "public.workspace_memberships": METADATA,
+    "public.invitations": MEMBERS_ONLY,
+    "public.audit_events": TenantTable((TENANT_POLICY, _AUDIT_ACCESS)),
+    "public.audit_chain_heads": TENANT_OWNED,  # one hash and a counter per tenant
+    # Read by every vendor check: vendor staff see (and may only file) their own requests.
+    "public.vendor_access_grants": TenantTable((TENANT_POLICY, ExpectedPolicy(
+        "vendor_access", False, f"CASE WHEN {_VENDOR} THEN ({_REQUESTER}) ELSE true END",
+        f"CASE WHEN {_VENDOR} THEN ({_REQUESTER} AND (decision IS NULL)) ELSE true END"))),
+    "public.tenant_data_keys": MEMBERS_ONLY,
     "public.documents": WORKSPACE_OWNED,
     "public.uploaded_files": WORKSPACE_OWNED,
-    "public.provider_credentials": WORKSPACE_OWNED,
+    "public.provider_credentials": TenantTable(
+        (TENANT_POLICY, WORKSPACE_POLICY, ExpectedPolicy("workspace_access", False, _CREDENTIAL, _CREDENTIAL)),
+        workspace_key="workspace_id"),
 }
 
 # Relations the app role may touch that hold no tenant data, and why. Keep this list short.
@@ -167,8 +228,28 @@ GLOBAL_TABLES: dict[str, str] = {
     "public.rate_limit_windows": "rate-limit buckets keyed by pseudonymous digests",
 }
 
-# Functions in our schemas the app role may EXECUTE (signature as format('%I.%I(%s)') prints it).
-CALLABLE_FUNCTIONS: frozenset[str] = frozenset()
+# Functions in our schemas the app role may EXECUTE (signature as format('%I.%I(%s)') prints it):
+# the checks the policies call (migration 0007), each with the body it must have. Doctor also
+# requires them SECURITY INVOKER, STABLE, PL/pgSQL, with search_path pinned to pg_catalog, pg_temp.
+_UUID_SETTING = "nullif(current_setting('app.{}', true), '')::uuid"
+_TENANT_AND_USER = f"m.tenant_id = {_UUID_SETTING.format('tenant_id')} AND m.user_id = {_UUID_SETTING.format('user_id')}"
+CALLABLE_FUNCTIONS: dict[str, str] = {
+    "public.rls_tenant_member()":
+        f"BEGIN RETURN (SELECT EXISTS (SELECT 1 FROM public.tenant_memberships m WHERE {_TENANT_AND_USER})); END",
+    "public.rls_tenant_admin()":
+        f"BEGIN RETURN (SELECT EXISTS (SELECT 1 FROM public.tenant_memberships m WHERE {_TENANT_AND_USER}"
+        " AND m.role = 'customer_admin')); END",
+    "public.rls_workspace_member()":
+        f"BEGIN RETURN (SELECT EXISTS (SELECT 1 FROM public.workspace_memberships w WHERE w.tenant_id = {_UUID_SETTING.format('tenant_id')}"
+        f" AND w.workspace_id = {_UUID_SETTING.format('workspace_id')} AND w.user_id = {_UUID_SETTING.format('user_id')})); END",
+    "public.rls_vendor_grant(grant_scope text, in_workspace boolean)":
+        f"BEGIN RETURN (SELECT EXISTS (SELECT 1 FROM public.vendor_access_grants g WHERE g.tenant_id = {_UUID_SETTING.format('tenant_id')}"
+        " AND g.requester_issuer = current_setting('app.vendor_issuer', true)"
+        " AND g.requester_subject = current_setting('app.vendor_subject', true)"
+        " AND g.scope = grant_scope AND g.decision = 'approved' AND g.revoked_at IS NULL AND g.expires_at > now()"
+        f" AND (NOT in_workspace OR g.workspace_id = {_UUID_SETTING.format('workspace_id')}))); END",
+}
+CALLABLE_CONFIG = ["search_path=pg_catalog, pg_temp"]
 
 # How many real tenants (and workspaces of each) the probe borrows ids from.
 PROBE_TENANTS = 3
@@ -297,6 +378,15 @@ _SQL_DEFINER_FUNCTIONS = text(
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
      where p.prosecdef and {_user_schema('n')}
      order by 1
+    """
+)
+
+_SQL_CALLABLE = text(
+    f"""
+    select format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) as name,
+           p.prosrc, p.prosecdef, p.provolatile, l.lanname, p.proconfig
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+     where {_user_schema('n')}
     """
 )
 
@@ -639,6 +729,27 @@ def _check_tenant_keys(conn: sqlalchemy.Connection) -> list[Finding]:
     return findings
 
 
+def _check_functions(conn: sqlalchemy.Connection) -> list[Finding]:
+    """Each function the policies call exists with exactly its expected body and properties."""
+    found = {row.name: row for row in conn.execute(_SQL_CALLABLE)}
+    findings = []
+    for name, body in CALLABLE_FUNCTIONS.items():
+        row = found.get(name)
+        if row is None:
+            findings.append(Finding("function_canonical", name, f"The function {name}, which the policies call, does not exist."))
+            continue
+        problems = []
+        if " ".join(row.prosrc.split()) != body:
+            problems.append(f"its body is {' '.join(row.prosrc.split())}; expected {body}")
+        if row.prosecdef:
+            problems.append("it is SECURITY DEFINER (it must run as the caller, under the caller's policies)")
+        if row.provolatile != "s" or row.lanname != "plpgsql" or list(row.proconfig or []) != CALLABLE_CONFIG:
+            problems.append(f"it must be STABLE, plpgsql, with {CALLABLE_CONFIG[0]}")
+        if problems:
+            findings.append(Finding("function_canonical", name, f"The function {name} " + "; ".join(problems) + "."))
+    return findings
+
+
 def _check_reachable(conn: sqlalchemy.Connection) -> list[Finding]:
     findings = []
     for kind, name in conn.execute(_SQL_REACHABLE):
@@ -697,6 +808,8 @@ class _Probed:
     can_select: bool
     can_insert: bool
     admin_may_read: bool  # its expected policy lets internal_admin read it without a tenant context
+    members_only: bool  # its rows are for members of the tenant (or workspace) named in the context
+    vendor_closed: bool  # vendor staff read its rows only under a grant
 
 
 def _ident(name: str) -> str:
@@ -709,10 +822,14 @@ def _probe_tables(conn: sqlalchemy.Connection) -> list[_Probed]:
         spec = TENANT_TABLES.get(name)
         if spec is None and not has_tenant_id:
             continue
+        members_only = vendor_closed = True
         if spec is None:  # an unlisted table with tenant_id: probed as a tenant table anyway
             spec = TenantTable((), workspace_key="workspace_id" if has_workspace_id else None)
-        admin = any("app.platform_role" in (p.using or "") for p in spec.policies)
-        probed.append(_Probed(name, spec.key, spec.workspace_key, can_select, can_insert, admin))
+        else:
+            members_only = any(p.name in MEMBERSHIP_POLICIES for p in spec.policies)
+            vendor_closed = members_only or any(p.name == VENDOR_POLICY for p in spec.policies)
+        admin = any(p.name == "tenant_isolation" and "app.platform_role" in (p.using or "") for p in spec.policies)
+        probed.append(_Probed(name, spec.key, spec.workspace_key, can_select, can_insert, admin, members_only, vendor_closed))
     return probed
 
 
@@ -785,13 +902,28 @@ def run_probe(conn: sqlalchemy.Connection) -> list[Finding]:
                 if table.workspace_key:
                     look(table, f"As tenant {real_tenant} in a workspace that owns no rows", "from another workspace")
             if workspaces_table is not None:
+                context(real_tenant)  # no user: the workspaces policy shows the tenant's workspaces
                 try:
                     with conn.begin_nested():
-                        real_workspaces += conn.execute(
+                        found = list(conn.execute(
                             text(f"select id::text from public.workspaces order by id limit {PROBE_TENANTS}")
-                        ).scalars()
+                        ).scalars())
                 except sqlalchemy.exc.DBAPIError:
-                    pass
+                    found = []
+                real_workspaces += found
+                # The right tenant and workspace, but a user who is no member (or vendor staff
+                # without a grant): the membership rules alone must hold.
+                for real_workspace in found:
+                    context(real_tenant, real_workspace, user)
+                    for table in readable:
+                        if table.members_only:
+                            look(table, f"As a user who is no member of tenant {real_tenant}, workspace {real_workspace}",
+                                 "that only members may read")
+                    context(real_tenant, real_workspace, "", "internal_admin")
+                    for table in readable:
+                        if table.vendor_closed:
+                            look(table, f"As internal_admin without a grant in tenant {real_tenant}, workspace {real_workspace}",
+                                 "that vendor staff read only under a grant")
         # Someone else naming a real workspace (ids are not secrets): the tenant rule alone must hold.
         for real_workspace in real_workspaces:
             context(tenant, real_workspace, user)
@@ -832,6 +964,9 @@ def run_probe(conn: sqlalchemy.Connection) -> list[Finding]:
 
 def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None = None) -> Report:
     """Run every check on an open connection (as the app role) and report what is wrong."""
+    # Catalog names resolve in pg_catalog first, and PostgreSQL deparses the policies against
+    # this path, whatever search_path the role was given.
+    connection.execute(text("select set_config('search_path', 'pg_catalog, public', true)"))
     steps = [
         (("server_version",), _check_server_version),
         (("role_superuser", "role_bypassrls"), _check_role_attributes),
@@ -844,6 +979,7 @@ def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None =
         (("key_tenant_id",), _check_keys),
         (("tenant_key",), _check_tenant_keys),
         (("policy_expected", "policy_unexpected", "policy_canonical", "policy_setting"), _check_policies_canonical),
+        (("function_canonical",), _check_functions),
         (("unlisted_object",), _check_reachable),
     ]
     findings: list[Finding] = []

@@ -52,7 +52,9 @@ _SET_CONTEXT = (
     "select set_config('app.tenant_id', %(tenant_id)s, true),"
     " set_config('app.workspace_id', %(workspace_id)s, true),"
     " set_config('app.user_id', %(user_id)s, true),"
-    " set_config('app.platform_role', %(platform_role)s, true)"
+    " set_config('app.platform_role', %(platform_role)s, true),"
+    " set_config('app.vendor_issuer', %(vendor_issuer)s, true),"
+    " set_config('app.vendor_subject', %(vendor_subject)s, true)"
 )
 _CONTEXT = "palisade_context"  # the transaction's context parameters
 _SENT = "palisade_context_sent"  # already set inside the current explicit transaction
@@ -69,6 +71,9 @@ class DbContext:
     workspace_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     platform_role: str | None = None
+    # Vendor staff (platform_role internal_admin): who they are, so a grant can name them.
+    vendor_issuer: str | None = None
+    vendor_subject: str | None = None
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -76,6 +81,8 @@ class DbContext:
             "workspace_id": str(self.workspace_id or ""),
             "user_id": str(self.user_id or ""),
             "platform_role": self.platform_role or "",
+            "vendor_issuer": self.vendor_issuer or "",
+            "vendor_subject": self.vendor_subject or "",
         }
 
 

@@ -7,12 +7,13 @@ Every tenant-owned table leads its primary key, unique constraints and foreign k
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
+    SmallInteger,
     String,
     UniqueConstraint,
     func,
@@ -127,17 +128,50 @@ class Invitation(Base):
 
 
 class VendorAccessGrant(Base):
-    """A tenant's time-boxed consent for vendor staff (internal_admin) to read its audit trail."""
+    """A named vendor person's request for time-boxed access to this tenant, and the customer's decision.
+
+    Requested by vendor staff (issuer + subject), approved or denied by one of the tenant's
+    customer_admins; an approved grant runs `hours` from its approval and can be revoked at any
+    time. The policies themselves admit vendor reads only through such a row (migration 0007).
+    Rows from before 0007 (granted_by set, no requester) name nobody and admit nobody.
+    """
 
     __tablename__ = "vendor_access_grants"
-    __table_args__ = (ForeignKeyConstraint(["tenant_id", "granted_by"], ["users.tenant_id", "users.id"]),)
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "granted_by"], ["users.tenant_id", "users.id"]),
+        ForeignKeyConstraint(["tenant_id", "decided_by"], ["users.tenant_id", "users.id"]),
+        ForeignKeyConstraint(["tenant_id", "workspace_id"], ["workspaces.tenant_id", "workspaces.id"], ondelete="CASCADE"),
+    )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
     )
     id: Mapped[uuid.UUID] = uuid_pk()
-    granted_by: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    requester_issuer: Mapped[str | None] = mapped_column(String(512))
+    requester_subject: Mapped[str | None] = mapped_column(String(255))
+    scope: Mapped[str | None] = mapped_column(String(16))
+    workspace_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    hours: Mapped[int | None] = mapped_column(SmallInteger)
     reason: Mapped[str] = mapped_column(String(500))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    decided_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expiry_recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    granted_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))  # before 0007 only
     created_at: Mapped[datetime] = created_at()
+
+    @property
+    def status(self) -> str:
+        """requested, approved (active now), denied, revoked, expired, or lapsed (made before 0007)."""
+        if self.requester_issuer is None:
+            return "lapsed"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.decision is None:
+            return "requested"
+        if self.decision == "denied":
+            return "denied"
+        assert self.expires_at is not None
+        return "approved" if self.expires_at > datetime.now(UTC) else "expired"

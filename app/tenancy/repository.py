@@ -134,14 +134,29 @@ def vendor_grants(session: Session) -> Sequence[VendorAccessGrant]:
     return session.scalars(select(VendorAccessGrant).order_by(VendorAccessGrant.created_at.desc(), VendorAccessGrant.id)).all()
 
 
-def vendor_grant(session: Session, grant_id: uuid.UUID) -> VendorAccessGrant | None:
-    return session.scalars(select(VendorAccessGrant).where(VendorAccessGrant.id == grant_id)).first()
+def vendor_grant(session: Session, grant_id: uuid.UUID, *, for_update: bool = False) -> VendorAccessGrant | None:
+    query = select(VendorAccessGrant).where(VendorAccessGrant.id == grant_id)
+    return session.scalars(query.with_for_update() if for_update else query).first()
 
 
-def active_vendor_grant(session: Session) -> VendorAccessGrant | None:
-    """The tenant's current consent for vendor staff, if any (not revoked, not expired)."""
+def unrecorded_expiries(session: Session) -> Sequence[VendorAccessGrant]:
+    """Approved, unrevoked grants past their end whose expiry is not in the trail yet (locked; others skip them)."""
     return session.scalars(
         select(VendorAccessGrant)
-        .where(VendorAccessGrant.revoked_at.is_(None), VendorAccessGrant.expires_at > func.now())
-        .order_by(VendorAccessGrant.expires_at.desc())
-    ).first()
+        .where(VendorAccessGrant.decision == "approved", VendorAccessGrant.revoked_at.is_(None),
+               VendorAccessGrant.expires_at <= func.now(), VendorAccessGrant.expiry_recorded_at.is_(None))
+        .order_by(VendorAccessGrant.expires_at)
+        .with_for_update(skip_locked=True)
+    ).all()
+
+
+def active_vendor_grant(session: Session, *, scope: str, workspace_id: uuid.UUID | None = None) -> VendorAccessGrant | None:
+    """The vendor person's approved, unrevoked, unexpired grant of `scope` (under their vendor
+    context the policies show them their own requests only)."""
+    query = select(VendorAccessGrant).where(
+        VendorAccessGrant.scope == scope, VendorAccessGrant.decision == "approved",
+        VendorAccessGrant.revoked_at.is_(None), VendorAccessGrant.expires_at > func.now(),
+    )
+    if workspace_id is not None:
+        query = query.where(VendorAccessGrant.workspace_id == workspace_id)
+    return session.scalars(query.order_by(VendorAccessGrant.expires_at.desc())).first()

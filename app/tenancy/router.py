@@ -6,11 +6,20 @@ import uuid
 
 from fastapi import APIRouter, Request, status
 
-from app.audit.schemas import VendorAccessGrantCreate, VendorAccessGrantRead
 from app.audit.service import Category
 from app.auth.dependencies import Caller, InternalAdmin
 from app.authz.denials import record_refusal
-from app.authz.dependencies import Meta, TenantAdmin, TenantMember, TenantMetadataReader, WorkspaceAdmin, WorkspaceManager
+from app.authz.dependencies import (
+    Meta,
+    TenantAdmin,
+    TenantMember,
+    TenantMemberOrVendor,
+    TenantMetadataGrantReader,
+    TenantMetadataReader,
+    VendorStaff,
+    WorkspaceAdmin,
+    WorkspaceManager,
+)
 from app.db.dependencies import DbSession
 from app.edge.turnstile import HumanVerified
 from app.errors import NotFound
@@ -25,6 +34,8 @@ from app.tenancy.schemas import (
     TenantCreated,
     TenantMemberUpdate,
     TenantRead,
+    VendorAccessGrantRead,
+    VendorAccessRequest,
     WorkspaceCreate,
     WorkspaceMemberUpdate,
     WorkspaceRead,
@@ -59,7 +70,8 @@ def get_tenant(scope: TenantMetadataReader) -> TenantRead:
 
 
 @router.get("/tenants/{tenant_id}/members", response_model=list[MemberRead], tags=["members"])
-def list_members(scope: TenantAdmin) -> list[MemberRead]:
+def list_members(scope: TenantMetadataGrantReader) -> list[MemberRead]:
+    """The tenant's members: its customer_admins, or vendor staff under a `metadata` grant."""
     return [_member(u, m) for u, m in service.list_members(scope)]
 
 
@@ -97,15 +109,31 @@ def accept_invitation(
     return InvitationAccepted(tenant_id=tenant_id, user_id=user_id)
 
 
+@router.post("/tenants/{tenant_id}/vendor-access-requests", status_code=status.HTTP_201_CREATED,
+             response_model=VendorAccessGrantRead, tags=["vendor access"])
+def request_vendor_access(body: VendorAccessRequest, scope: VendorStaff) -> VendorAccessGrantRead:
+    """Vendor staff ask for time-boxed access (metadata, audit trail, or one workspace's content, read-only)."""
+    return VendorAccessGrantRead.model_validate(service.request_vendor_access(
+        scope, reason=body.reason, grant_scope=body.scope.value, workspace_id=body.workspace_id, hours=body.hours))
+
+
 @router.get("/tenants/{tenant_id}/vendor-access-grants", response_model=list[VendorAccessGrantRead], tags=["vendor access"])
-def list_vendor_grants(scope: TenantAdmin) -> list[VendorAccessGrantRead]:
+def list_vendor_grants(scope: TenantMetadataReader) -> list[VendorAccessGrantRead]:
+    """Customer_admins see every request; vendor staff see their own."""
     return [VendorAccessGrantRead.model_validate(g) for g in service.list_vendor_grants(scope)]
 
 
-@router.post("/tenants/{tenant_id}/vendor-access-grants", status_code=status.HTTP_201_CREATED, response_model=VendorAccessGrantRead, tags=["vendor access"])
-def grant_vendor_access(body: VendorAccessGrantCreate, scope: TenantAdmin) -> VendorAccessGrantRead:
-    """Let vendor staff read this tenant's audit trail for a few hours (audited both ways)."""
-    return VendorAccessGrantRead.model_validate(service.grant_vendor_access(scope, reason=body.reason, hours=body.hours))
+@router.post("/tenants/{tenant_id}/vendor-access-grants/{grant_id}/approve", response_model=VendorAccessGrantRead,
+             tags=["vendor access"])
+def approve_vendor_access(grant_id: uuid.UUID, scope: TenantAdmin) -> VendorAccessGrantRead:
+    """Approve a pending request: it runs its hours from now, for the person who asked only."""
+    return VendorAccessGrantRead.model_validate(service.decide_vendor_access(scope, grant_id=grant_id, approve=True))
+
+
+@router.post("/tenants/{tenant_id}/vendor-access-grants/{grant_id}/deny", response_model=VendorAccessGrantRead,
+             tags=["vendor access"])
+def deny_vendor_access(grant_id: uuid.UUID, scope: TenantAdmin) -> VendorAccessGrantRead:
+    return VendorAccessGrantRead.model_validate(service.decide_vendor_access(scope, grant_id=grant_id, approve=False))
 
 
 @router.delete("/tenants/{tenant_id}/vendor-access-grants/{grant_id}", response_model=VendorAccessGrantRead, tags=["vendor access"])
@@ -114,8 +142,8 @@ def revoke_vendor_access(grant_id: uuid.UUID, scope: TenantAdmin) -> VendorAcces
 
 
 @router.get("/tenants/{tenant_id}/workspaces", response_model=list[WorkspaceRead], tags=["workspaces"])
-def list_workspaces(scope: TenantMember) -> list[WorkspaceRead]:
-    """The caller's workspaces (all of them for a customer_admin)."""
+def list_workspaces(scope: TenantMemberOrVendor) -> list[WorkspaceRead]:
+    """The caller's workspaces (all of them for a customer_admin, or vendor staff under a `metadata` grant)."""
     return [WorkspaceRead.model_validate(w) for w in service.list_workspaces(scope)]
 
 

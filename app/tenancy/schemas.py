@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
@@ -97,3 +98,39 @@ class WorkspaceMemberUpdate(StrictInput):
 
 class WorkspaceList(Output):
     items: list[WorkspaceRead] = Field(max_length=10_000)
+
+
+class VendorScope(StrEnum):
+    metadata = "metadata"  # members and workspaces, read-only
+    audit = "audit"  # the tenant's audit trail, read and export
+    content = "content"  # one named workspace's documents and files, read-only
+
+
+class VendorAccessRequest(StrictInput):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+    scope: VendorScope
+    workspace_id: uuid.UUID | None = Field(default=None, description="Required for, and only for, scope `content`.")
+    hours: int = Field(ge=1, le=8, description="How long the grant runs once approved (at most 8 hours).")
+
+    @model_validator(mode="after")
+    def _workspace_for_content(self) -> VendorAccessRequest:
+        if (self.scope is VendorScope.content) != (self.workspace_id is not None):
+            raise ValueError("workspace_id is required for scope content, and only for it")
+        return self
+
+
+class VendorAccessGrantRead(Output):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    requester_issuer: str | None
+    requester_subject: str | None
+    scope: str | None
+    workspace_id: uuid.UUID | None
+    hours: int | None
+    reason: str
+    status: str
+    decided_by: uuid.UUID | None
+    decided_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -41,7 +42,9 @@ def create_tenant(
     if repo.slug_taken(session, Tenant, slug):
         raise Conflict("A tenant with this slug exists.")
     tenant = Tenant(id=uuid.uuid4(), name=name, slug=slug)
-    apply_context(session, DbContext(tenant_id=tenant.id, platform_role=INTERNAL_ADMIN))
+    # Onboarding writes the new tenant as no one in particular: as internal_admin the policies
+    # would refuse the invitation (vendor staff never see invitations).
+    apply_context(session, DbContext(tenant_id=tenant.id))
     session.add(tenant)
     session.flush()
     token = _new_invitation(session, tenant_id=tenant.id, tenant_role=TenantRole.customer_admin, invited_by=None,
@@ -252,6 +255,7 @@ def accept_invitation(session: Session, *, principal: Principal, meta: audit.Req
     membership = repo.tenant_membership(session, user.id)
     if membership is None:
         session.add(TenantMembership(tenant_id=tenant_id, user_id=user.id, role=invitation.tenant_role))
+        session.flush()  # the policies admit the user's further writes once the membership exists
     elif invitation.tenant_role == TenantRole.customer_admin:
         membership.role = TenantRole.customer_admin.value
     if invitation.workspace_id is not None and invitation.workspace_role is not None:
@@ -398,29 +402,79 @@ def remove_workspace_member(scope: WorkspaceScope, *, user_id: uuid.UUID) -> Non
 # --- vendor access -------------------------------------------------------------------------------
 
 
+def request_vendor_access(scope: TenantScope, *, reason: str, grant_scope: str, workspace_id: uuid.UUID | None,
+                          hours: int) -> VendorAccessGrant:
+    """Vendor staff ask, by name, for time-boxed access; nothing opens until a customer_admin approves."""
+    if scope.user_id is not None:
+        raise Forbidden("Only vendor staff request vendor access.")
+    grant = VendorAccessGrant(
+        tenant_id=scope.tenant_id, id=uuid.uuid4(), requester_issuer=scope.principal.issuer,
+        requester_subject=scope.principal.subject, scope=grant_scope, workspace_id=workspace_id, hours=hours, reason=reason,
+    )
+    scope.session.add(grant)
+    try:
+        scope.session.flush()
+    except IntegrityError:
+        raise NotFound() from None  # a workspace the tenant does not have
+    scope.audit(category=Category.vendor_access, action="vendor_grant.request", target_type="vendor_access_grant",
+                target_id=grant.id, workspace_id=workspace_id,
+                details={"scope": grant_scope, "hours": hours})  # the reason stays in the grant row
+    return grant
+
+
 def list_vendor_grants(scope: TenantScope) -> Sequence[VendorAccessGrant]:
+    """Every request of the tenant (customer_admins), or the vendor person's own (the policies filter)."""
+    if scope.user_id is not None:
+        _record_expiries(scope)
     return repo.vendor_grants(scope.session)
 
 
-def grant_vendor_access(scope: TenantScope, *, reason: str, hours: int) -> VendorAccessGrant:
-    """A customer_admin lets vendor staff read the tenant's audit trail for a few hours."""
-    assert scope.user_id is not None
-    grant = VendorAccessGrant(tenant_id=scope.tenant_id, id=uuid.uuid4(), granted_by=scope.user_id, reason=reason,
-                              expires_at=datetime.now(UTC) + timedelta(hours=hours))
-    scope.session.add(grant)
+def decide_vendor_access(scope: TenantScope, *, grant_id: uuid.UUID, approve: bool) -> VendorAccessGrant:
+    """A customer_admin approves (the grant runs `hours` from now) or denies a pending request."""
+    _record_expiries(scope)
+    grant = repo.vendor_grant(scope.session, grant_id, for_update=True)
+    if grant is None or grant.requester_issuer is None:
+        raise NotFound()
+    if grant.decision is not None or grant.revoked_at is not None:
+        raise Conflict(f"This request is already {grant.status}.")
+    if (grant.requester_issuer, grant.requester_subject) == (scope.principal.issuer, scope.principal.subject):
+        raise Forbidden("Nobody approves their own request.")
+    now = datetime.now(UTC)
+    grant.decision = "approved" if approve else "denied"
+    grant.decided_by, grant.decided_at = scope.user_id, now
+    if approve:
+        assert grant.hours is not None
+        grant.expires_at = now + timedelta(hours=grant.hours)
     scope.session.flush()
-    scope.audit(category=Category.vendor_access, action="vendor_grant.create", target_type="vendor_access_grant",
-                target_id=grant.id, details={"hours": hours, "expires_at": grant.expires_at.isoformat()})
+    details = {"scope": grant.scope, "requester_subject": grant.requester_subject}
+    if grant.expires_at is not None:
+        details["expires_at"] = grant.expires_at.isoformat()
+    scope.audit(category=Category.vendor_access, action=f"vendor_grant.{'approve' if approve else 'deny'}",
+                target_type="vendor_access_grant", target_id=grant.id, workspace_id=grant.workspace_id, details=details)
     return grant
 
 
 def revoke_vendor_access(scope: TenantScope, *, grant_id: uuid.UUID) -> VendorAccessGrant:
-    grant = repo.vendor_grant(scope.session, grant_id)
+    grant = repo.vendor_grant(scope.session, grant_id, for_update=True)
     if grant is None:
         raise NotFound()
     if grant.revoked_at is None:
         grant.revoked_at = datetime.now(UTC)
         scope.session.flush()
         scope.audit(category=Category.vendor_access, action="vendor_grant.revoke", target_type="vendor_access_grant",
-                    target_id=grant.id)
+                    target_id=grant.id, workspace_id=grant.workspace_id)
     return grant
+
+
+def _record_expiries(scope: TenantScope) -> None:
+    """Write the audit event of each grant that ran out since the last look.
+
+    A grant stops admitting at `expires_at` whatever happens here (the policies compare it with
+    now()); this only puts the expiry in the trail, the next time a customer_admin looks.
+    """
+    for grant in repo.unrecorded_expiries(scope.session):
+        grant.expiry_recorded_at = datetime.now(UTC)
+        scope.audit(category=Category.vendor_access, action="vendor_grant.expire", target_type="vendor_access_grant",
+                    target_id=grant.id, workspace_id=grant.workspace_id,
+                    details={"expired_at": grant.expires_at.isoformat() if grant.expires_at else None})
+    scope.session.flush()

@@ -17,11 +17,13 @@ def test_the_documented_rules():
     assert names == [
         "auth_failures_per_ip", "auth_failures_per_tenant_issuer", "access_denied_burst",
         "workspace_crossing_spike", "role_escalation", "data_export_requested", "data_deletion_requested",
+        "vendor_access_granted",
         "audit_chain_broken", "http_5xx_rate", "secret_provider_errors", "rate_limit_saturation",
         "circuit_breaker_open", "approval_backlog",
     ]
     assert len({r.signal for r in R.DEFAULT_RULES}) == len(names)
-    for name in ("role_escalation", "data_export_requested", "data_deletion_requested", "audit_chain_broken"):
+    for name in ("role_escalation", "data_export_requested", "data_deletion_requested", "vendor_access_granted",
+                 "audit_chain_broken"):
         assert next(r for r in R.DEFAULT_RULES if r.name == name).threshold == 1
     assert next(r for r in R.DEFAULT_RULES if r.name == "approval_backlog").kind == "gauge"
 
@@ -105,3 +107,12 @@ def test_exports_and_deletions():
     assert signals(event(category="data_deletion", action="document.delete", target_type="document",
                          target_id=ws)) == []
     assert signals(event(category="content_change", action="document.update")) == []
+
+
+@pytest.mark.parametrize("step", ["request", "approve", "deny", "revoke", "expire"])
+def test_each_vendor_grant_step_is_a_signal(step):
+    grant = str(uuid.uuid4())
+    got = signals(event(category="vendor_access", action=f"vendor_grant.{step}", target_id=grant))
+    assert got == [(R.VENDOR_ACCESS, f"{TENANT}|{grant}|{step}")]
+    # A vendor's read under a grant is audited in the same category but is no lifecycle step.
+    assert signals(event(category="vendor_access", action="GET /tenants/{tenant_id}/audit-events")) == []

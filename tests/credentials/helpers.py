@@ -7,14 +7,16 @@ import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit.service import RequestMeta
 from app.auth.principal import Principal
+from app.authz.roles import TenantRole
 from app.authz.scope import WorkspaceScope
 from app.crypto.datakeys import DataKeys
 from app.db.session import DbContext, apply_context
+from app.tenancy.models import TenantMembership
 from tests.support.api import Caller, World
 
 
@@ -50,10 +52,16 @@ def new_secret(prefix: str = "plnt") -> str:
 
 
 def workspace_scope(session: Session, tenant_id: uuid.UUID, workspace_id: uuid.UUID) -> WorkspaceScope:
-    """What a pipeline holds: a session in the workspace's context (no person behind it)."""
-    apply_context(session, DbContext(tenant_id=tenant_id, workspace_id=workspace_id))
+    """What a pipeline holds: a session in the workspace's context, on behalf of the person who
+    started it (here the tenant's first customer_admin: the policies admit only a member or a
+    customer_admin to a workspace's credentials)."""
+    apply_context(session, DbContext(tenant_id=tenant_id))
+    user_id = session.scalars(
+        select(TenantMembership.user_id).where(TenantMembership.role == "customer_admin").order_by(TenantMembership.created_at)
+    ).first()
+    apply_context(session, DbContext(tenant_id=tenant_id, workspace_id=workspace_id, user_id=user_id))
     return WorkspaceScope(session=session, tenant_id=tenant_id, principal=Principal(issuer="pipeline", subject="pipeline"),
-                          meta=RequestMeta(), user_id=None, tenant_role=None, workspace_id=workspace_id)
+                          meta=RequestMeta(), user_id=user_id, tenant_role=TenantRole.customer_admin, workspace_id=workspace_id)
 
 
 def reveal(sessions: sessionmaker[Session], tenant_id: uuid.UUID, workspace_id: uuid.UUID, credential_id: uuid.UUID | str,

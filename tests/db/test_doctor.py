@@ -83,10 +83,10 @@ class TestForceRowLevelSecurity:
 
 class TestPolicyMissing:
     def test_tenant_table_without_policy(self, fresh_database):
-        admin_execute(fresh_database, "DROP POLICY tenant_isolation ON audit_events")
+        admin_execute(fresh_database, "DROP POLICY tenant_isolation ON audit_chain_heads")
         report = doctor(fresh_database)
         assert [(f.check, f.subject) for f in report.findings] == [
-            ("policy_missing", "public.audit_events"), ("policy_expected", "public.audit_events.tenant_isolation")]
+            ("policy_missing", "public.audit_chain_heads"), ("policy_expected", "public.audit_chain_heads.tenant_isolation")]
 
     def test_new_tenant_table_with_rls_but_no_policy(self, fresh_database):
         admin_execute(
