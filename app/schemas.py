@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, SecretStr, StringConstraints, field_validator
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
 Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$", max_length=320)]
 
 
+# The largest value of a PostgreSQL bigint: integer inputs that reach one are bounded by it.
+BIGINT_MAX = 2**63 - 1
+
+
+def _storable(value: Any) -> bool:
+    """False if a string anywhere in `value` holds U+0000, which PostgreSQL text and jsonb cannot store."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_storable(v) for v in value)
+    return True
+
+
 class StrictInput(BaseModel):
-    """Request bodies: unknown fields are an error, not silently dropped."""
+    """Request bodies and query models: unknown fields are an error, not silently dropped, and no
+    string may hold a NUL character (a 422 naming the field, instead of PostgreSQL's refusal)."""
 
     model_config = ConfigDict(extra="forbid", str_max_length=100_000)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if not _storable(value):
+            raise ValueError("must not contain the NUL character (U+0000)")
+        return value
 
 
 class Output(BaseModel):

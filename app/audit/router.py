@@ -37,8 +37,7 @@ def _read(evt) -> AuditEventRead:
 
 
 def _page(session: Session, tenant_id: uuid.UUID, query: AuditEventQuery) -> AuditEventPage:
-    cursor = int(query.cursor) if query.cursor else None
-    events = repo.page(session, tenant_id, _filter(query), limit=query.limit + 1, before_seq=cursor)
+    events = repo.page(session, tenant_id, _filter(query), limit=query.limit + 1, before_seq=query.cursor)
     items = events[: query.limit]
     more = len(events) > query.limit and items[-1].seq is not None
     return AuditEventPage(items=[_read(e) for e in items], next_cursor=str(items[-1].seq) if more else None)

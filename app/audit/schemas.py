@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, StringConstraints
 
 from app.audit.service import Category
-from app.schemas import Output, StrictInput
+from app.schemas import BIGINT_MAX, Output, StrictInput
 
 
 class AuditEventFilter(StrictInput):
@@ -25,9 +25,7 @@ class AuditEventQuery(AuditEventFilter):
     """The list's parameters: the filters plus keyset pagination."""
 
     limit: int = Field(default=100, ge=1, le=500)
-    cursor: Annotated[str | None, StringConstraints(max_length=20, pattern=r"^[0-9]+$")] = Field(
-        default=None, description="`next_cursor` of the previous page."
-    )
+    cursor: int | None = Field(default=None, ge=0, le=BIGINT_MAX, description="`next_cursor` of the previous page.")
 
 
 class AuditEventRead(Output):
