@@ -337,7 +337,7 @@ def _dev(cluster, *, data_dir: Path, port: int, serve_api: bool) -> None:
 def _ensure_dev_database(superuser_url: str) -> None:
     from sqlalchemy import create_engine, pool, text
 
-    engine = create_engine(superuser_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    engine = create_engine(superuser_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT", hide_parameters=True)
     with engine.connect() as conn:
         if not conn.scalar(text("select 1 from pg_roles where rolname = :r"), {"r": DEV_ADMIN_ROLE}):
             # Like a managed service's admin: owns the database, may create roles, is no superuser.
@@ -362,7 +362,7 @@ def _ensure_demo_tenant(superuser_url: str, app_url: str):
     engine = make_engine(app_url, pool_size=1)
     sessions = make_session_factory(engine)
     try:
-        su = create_engine(make_url(superuser_url).set(database=DEV_DB), poolclass=pool.NullPool)
+        su = create_engine(make_url(superuser_url).set(database=DEV_DB), poolclass=pool.NullPool, hide_parameters=True)
         with su.connect() as conn:  # the superuser sees past RLS: is there a demo tenant at all?
             existing = conn.scalar(text("select id from tenants where slug = :s"), {"s": DEMO_SLUG})
         su.dispose()

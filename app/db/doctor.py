@@ -999,7 +999,7 @@ def run_doctor(app_url: str, *, expected_head: str | None = None) -> Report:
     if app_url.startswith("postgresql://"):
         # The bare scheme would pick psycopg2; the project runs on psycopg 3 (as app.config does).
         app_url = "postgresql+psycopg://" + app_url.removeprefix("postgresql://")
-    engine = create_engine(app_url, poolclass=pool.NullPool)
+    engine = create_engine(app_url, poolclass=pool.NullPool, hide_parameters=True)
     try:
         # One read-only snapshot: the checks see a consistent catalog and cannot change anything.
         with engine.connect().execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) as conn:

@@ -51,7 +51,7 @@ def set_app_password(*, admin_url: str, app_role: str, password: str) -> None:
     """Give the app role the password its URL carries (the admin role may alter roles it created)."""
     if not ROLE_NAME.match(app_role):
         raise ValueError("the app role name must be a plain lower-case identifier")
-    engine = create_engine(admin_url, poolclass=pool.NullPool)
+    engine = create_engine(admin_url, poolclass=pool.NullPool, hide_parameters=True)
     with engine.begin() as conn:
         # A verifier is base64 and `$:` only: safe inside a literal.
         conn.exec_driver_sql(f"ALTER ROLE \"{app_role}\" PASSWORD '{scram_verifier(password)}'")
@@ -70,7 +70,7 @@ def create_entra_app_role(*, admin_url: str, app_role: str, object_id: str) -> N
 
     if not ROLE_NAME.match(app_role):
         raise ValueError("the app role name must be a plain lower-case identifier")
-    engine = create_engine(make_url(admin_url).set(database="postgres"), poolclass=pool.NullPool)
+    engine = create_engine(make_url(admin_url).set(database="postgres"), poolclass=pool.NullPool, hide_parameters=True)
     with engine.begin() as conn:
         create_app_principal(conn, role=app_role, object_id=object_id)
     engine.dispose()
@@ -80,7 +80,7 @@ def pending(*, admin_url: str, app_role: str) -> list[str]:
     """Revisions not yet applied, oldest first."""
     cfg = alembic_config(admin_url=admin_url, app_role=app_role)
     script = ScriptDirectory.from_config(cfg)
-    engine = create_engine(admin_url, poolclass=pool.NullPool)
+    engine = create_engine(admin_url, poolclass=pool.NullPool, hide_parameters=True)
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()
     engine.dispose()

@@ -180,7 +180,7 @@ def _transaction_ended(connection: Connection) -> None:
 def make_engine(url: str, *, pool_size: int = 10, ping_after: float = 30.0) -> Engine:
     """The app's engine. A pooled connection idle for more than `ping_after` seconds is pinged
     before use (a dead one is replaced); a busy one is not, which saves a round trip per checkout."""
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True)
     _PIPELINED.add(engine)
 
     @event.listens_for(engine, "checkin")
