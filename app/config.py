@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # The admin (schema owner) URL: migrations only.
     admin_database_url: str = ""
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # How long a request waits for a pooled connection before it is answered 503 (Retry-After).
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # `password`: the URLs carry one. `entra`: they carry none; each connection signs in with an
     # Entra ID token of this process's managed identity (Azure Database for PostgreSQL).
     database_auth: Literal["password", "entra"] = "password"

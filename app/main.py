@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.mode is Mode.production:
             _refuse_unsafe_database(settings)
-        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout_seconds)
         instrument_engine(engine)
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import DomainError, Unauthenticated
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 # What a client sees on 401; the reason (expired, bad signature, unknown issuer...) stays server-side.
 WWW_AUTHENTICATE = 'Bearer realm="palisade"'
+# PostgreSQL gave up waiting for us: lock_timeout (55P03), statement_timeout (57014).
+_BUSY_SQLSTATES = frozenset({"55P03", "57014"})
+BUSY_RETRY_AFTER_SECONDS = 1
 
 
 def problem(status: int, *, detail: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -27,6 +31,11 @@ def problem(status: int, *, detail: str | None = None, headers: dict[str, str] |
         body["detail"] = detail
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _busy() -> JSONResponse:
+    return problem(503, detail="The service is busy; try again shortly.",
+                   headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
 
 
 def install(app: FastAPI) -> None:
@@ -52,6 +61,21 @@ def install(app: FastAPI) -> None:
         if getattr(exc.orig, "sqlstate", None) in {"23505", "23503"}:
             return problem(409, detail="The request conflicts with the current state.")
         log.exception("integrity_error")
+        return problem(500)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database_busy", extra={"reason": "pool_timeout"})
+        return _busy()
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A lock or statement timeout: the transaction rolled back, nothing changed; try again.
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate in _BUSY_SQLSTATES:
+            log.warning("database_busy", extra={"reason": "lock_timeout" if sqlstate == "55P03" else "statement_timeout"})
+            return _busy()
+        log.exception("database_error")
         return problem(500)
 
     @app.exception_handler(Exception)

@@ -60,7 +60,7 @@ from app.knowledge.service import create_document
 from app.observability.logging import _SERVER_LOGGERS, configure_logging
 from app.tenancy import repository as tenancy_repo
 from app.tenancy import service as tenancy
-from bench.kit import ROOT, BenchDatabase, Context, Row, Section, percentile, run_for, side_by_side
+from bench.kit import ROOT, UNBOUNDED, BenchDatabase, Context, Row, Section, percentile, run_for, side_by_side
 
 NAME = "audit"
 TITLE = "Audit trail: added latency per write, chain throughput, verify"
@@ -358,7 +358,7 @@ def _build_chain(ctx: Context, events: int) -> tuple[BenchDatabase, uuid.UUID, f
         return server.database(name), tenant_id, None
     started = time.perf_counter()
     db = server.create(name)
-    engine = create_engine(db.admin_url, poolclass=pool.NullPool)
+    engine = create_engine(db.admin_url, poolclass=pool.NullPool, connect_args=UNBOUNDED)
     try:
         raw = engine.raw_connection()
         conn: Any = raw.driver_connection
@@ -376,7 +376,7 @@ def _build_chain(ctx: Context, events: int) -> tuple[BenchDatabase, uuid.UUID, f
         raw.close()
     finally:
         engine.dispose()
-    execute = create_engine(db.admin_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    execute = create_engine(db.admin_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT", connect_args=UNBOUNDED)
     with execute.connect() as c:
         c.execute(text("VACUUM (ANALYZE) audit_events, audit_chain_heads, tenants"))  # as autovacuum would have
     execute.dispose()

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import create_engine, pool, text
 
 from app.db.migrate import head_revision
-from bench.kit import BenchDatabase, BenchServer, Scale, execute_autocommit
+from bench.kit import UNBOUNDED, BenchDatabase, BenchServer, Scale, execute_autocommit
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -101,7 +101,7 @@ def _load(db: BenchDatabase, scale: Scale) -> None:
     filler = " ".join(rng.choice(_WORDS) for _ in range(20_000))
     step = SPAN / max(1, len(order))
 
-    engine = create_engine(db.admin_url, poolclass=pool.NullPool)
+    engine = create_engine(db.admin_url, poolclass=pool.NullPool, connect_args=UNBOUNDED)
     try:
         raw = engine.raw_connection()
         conn: Any = raw.driver_connection
@@ -140,7 +140,7 @@ def _load(db: BenchDatabase, scale: Scale) -> None:
 
 
 def _read_tenants(db: BenchDatabase) -> tuple[TenantData, ...]:
-    engine = create_engine(db.admin_url, poolclass=pool.NullPool)
+    engine = create_engine(db.admin_url, poolclass=pool.NullPool, connect_args=UNBOUNDED)
     try:
         with engine.connect() as conn:
             rows = conn.execute(text(

@@ -193,9 +193,14 @@ class BenchDatabase:
         return self._url(None)
 
 
+# For the loaders, which run as the admin role: the database's session timeouts (migration 0008)
+# are for the app's requests, not for a COPY of a million rows or a VACUUM.
+UNBOUNDED = {"options": "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"}
+
+
 def execute_autocommit(url: str, *statements: str, params: dict[str, Any] | None = None) -> list[Any]:
     """Run statements outside a transaction (CREATE DATABASE and friends); the first column of each."""
-    engine = create_engine(url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    engine = create_engine(url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT", connect_args=UNBOUNDED)
     out = []
     try:
         with engine.connect() as conn:

@@ -71,6 +71,7 @@ CHECKS = (
     "role_bypassrls",
     "role_membership",
     "role_ownership",
+    "role_timeouts",
     "table_privileges",
     "rls_enabled",
     "force_rls",
@@ -251,6 +252,10 @@ CALLABLE_FUNCTIONS: dict[str, str] = {
 }
 CALLABLE_CONFIG = ["search_path=pg_catalog, pg_temp"]
 
+# The session timeouts the app role must start with (migration 0008 sets them on the database), and
+# the most an operator may raise each to: 0 (no limit) or more lets one tenant's work hold others.
+SESSION_TIMEOUTS_MAX_MS = {"statement_timeout": 300_000, "lock_timeout": 30_000, "idle_in_transaction_session_timeout": 600_000}
+
 # How many real tenants (and workspaces of each) the probe borrows ids from.
 PROBE_TENANTS = 3
 
@@ -379,6 +384,10 @@ _SQL_DEFINER_FUNCTIONS = text(
      where p.prosecdef and {_user_schema('n')}
      order by 1
     """
+)
+
+_SQL_TIMEOUTS = text("select name, setting::bigint from pg_settings where name in :names").bindparams(
+    sqlalchemy.bindparam("names", expanding=True)
 )
 
 _SQL_CALLABLE = text(
@@ -729,6 +738,18 @@ def _check_tenant_keys(conn: sqlalchemy.Connection) -> list[Finding]:
     return findings
 
 
+def _check_timeouts(conn: sqlalchemy.Connection) -> list[Finding]:
+    """The app role's sessions start with every timeout, each within its bound (milliseconds)."""
+    values = dict(conn.execute(_SQL_TIMEOUTS, {"names": list(SESSION_TIMEOUTS_MAX_MS)}).all())
+    return [
+        Finding("role_timeouts", name,
+                f"The app role's {name} is {values.get(name, 0)} ms; it must be between 1 ms and {limit} ms "
+                "(palisade migrate sets it on the database).")
+        for name, limit in SESSION_TIMEOUTS_MAX_MS.items()
+        if not 0 < values.get(name, 0) <= limit
+    ]
+
+
 def _check_functions(conn: sqlalchemy.Connection) -> list[Finding]:
     """Each function the policies call exists with exactly its expected body and properties."""
     found = {row.name: row for row in conn.execute(_SQL_CALLABLE)}
@@ -972,6 +993,7 @@ def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None =
         (("role_superuser", "role_bypassrls"), _check_role_attributes),
         (("role_membership",), _check_role_membership),
         (("role_ownership",), _check_role_ownership),
+        (("role_timeouts",), _check_timeouts),
         (("table_privileges",), _check_table_privileges),
         (("rls_enabled", "force_rls", "policy_missing", "policy_using", "policy_with_check", "permissive_policies"), _check_row_level_security),
         (("view_security_invoker",), _check_views),

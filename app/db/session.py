@@ -177,10 +177,11 @@ def _transaction_ended(connection: Connection) -> None:
     _drop_context(info)
 
 
-def make_engine(url: str, *, pool_size: int = 10, ping_after: float = 30.0) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, pool_timeout: float = 5.0, ping_after: float = 30.0) -> Engine:
     """The app's engine. A pooled connection idle for more than `ping_after` seconds is pinged
-    before use (a dead one is replaced); a busy one is not, which saves a round trip per checkout."""
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True)
+    before use (a dead one is replaced); a busy one is not, which saves a round trip per checkout.
+    A checkout waits at most `pool_timeout` seconds (then sqlalchemy.exc.TimeoutError: a 503)."""
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout, hide_parameters=True)
     _PIPELINED.add(engine)
 
     @event.listens_for(engine, "checkin")

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from app.db.session import DbContext, apply_context, make_session_factory
+from tests.support.database import clone, superuser_execute
 
 TENANT_TABLES_SQL = """
 select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -17,6 +18,15 @@ where n.nspname = 'public' and c.relkind = 'r'
   and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
 order by 1
 """
+
+
+@pytest.fixture(scope="module")
+def database(migrated_template):
+    """A database of this module's own: the rows written here (audit events outside any chain
+    among them) must not reach the tests that read the whole shared database."""
+    db = clone(migrated_template, "rls")
+    yield db
+    superuser_execute(db.superuser_url, f"DROP DATABASE IF EXISTS {db.name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

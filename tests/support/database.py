@@ -99,8 +99,18 @@ _clones: dict[str, list[str]] = {}
 
 
 def clone(template: TestDatabase, suffix: str) -> TestDatabase:
+    """A copy of the template, with the template's own settings (`ALTER DATABASE ... SET`, which
+    CREATE DATABASE does not copy), so it is what the migrations made."""
     name = f"{template.name}_{suffix}_{secrets.token_hex(3)}"
     superuser_execute(template.superuser_url, f"CREATE DATABASE {name} TEMPLATE {template.name} OWNER {template.admin_role}")
+    superuser_execute(template.superuser_url, f"""
+        DO $$ DECLARE setting text; BEGIN
+          FOR setting IN SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+                          WHERE d.datname = '{template.name}' AND s.setrole = 0 LOOP
+            EXECUTE format('ALTER DATABASE %I SET %s = %L', '{name}', split_part(setting, '=', 1),
+                           substr(setting, length(split_part(setting, '=', 1)) + 2));
+          END LOOP;
+        END $$""")
     _clones.setdefault(template.name, []).append(name)
     return TestDatabase(name=name, superuser_url=template.superuser_url, admin_role=template.admin_role, app_role=template.app_role)
 
