@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -44,11 +45,21 @@ def _page(session: Session, tenant_id: uuid.UUID, query: AuditEventQuery) -> Aud
 
 
 def _jsonl(sessions: sessionmaker[Session], context: DbContext, tenant_id: uuid.UUID, filters: repo.EventFilter) -> Iterator[str]:
+    """One event per line, then a trailer line: how many events came and the SHA-256 of their bytes.
+
+    An export that stops early (the database went away, the connection broke) has no trailer, so a
+    client can tell a cut export from a complete one even though the status was already 200.
+    """
+    digest, count = hashlib.sha256(), 0
     # Its own transaction: the stream outlives the request's, which committed the export record.
     with sessions() as session, session.begin():
         apply_context(session, context)
         for evt in repo.stream(session, tenant_id, filters):
-            yield json.dumps({k: plain(v) for k, v in as_dict(evt).items()}, separators=(",", ":")) + "\n"
+            line = json.dumps({k: plain(v) for k, v in as_dict(evt).items()}, separators=(",", ":")) + "\n"
+            digest.update(line.encode())
+            count += 1
+            yield line
+    yield json.dumps({"trailer": {"events": count, "sha256": digest.hexdigest()}}, separators=(",", ":")) + "\n"
 
 
 def _export(request: Request, scope_context: DbContext, tenant_id: uuid.UUID, filters: AuditEventFilter) -> StreamingResponse:

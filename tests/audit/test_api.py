@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.support.api import Caller, World
 
@@ -89,11 +91,23 @@ class TestPlatformTrail:
         assert events(world.admin, f"{world.base}/audit-events", correlation_id="probe-1")["items"] == []
 
 
+def exported(body: bytes) -> tuple[list[dict], dict | None]:
+    """The events of an export, and its trailer if the stream got that far (checked as a client should)."""
+    lines = body.splitlines(keepends=True)
+    if not lines or b'"trailer"' not in lines[-1]:
+        return [json.loads(line) for line in lines], None
+    trailer = json.loads(lines[-1])["trailer"]
+    sent = b"".join(lines[:-1])
+    assert trailer == {"events": len(lines) - 1, "sha256": hashlib.sha256(sent).hexdigest()}
+    return [json.loads(line) for line in lines[:-1]], trailer
+
+
 class TestExport:
     def test_json_lines_oldest_first_and_recorded(self, world: World):
         r = world.admin.get(f"{world.base}/audit-events/export", headers={"X-Correlation-ID": "export-1"})
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
-        lines = [json.loads(line) for line in r.text.splitlines()]
+        lines, trailer = exported(r.content)
+        assert trailer is not None
         assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
         assert lines[-1]["action"] == "audit_events.export"  # committed before the stream began
         assert lines[-1]["category"] == "data_export" and lines[-1]["correlation_id"] == "export-1"
@@ -101,4 +115,33 @@ class TestExport:
     @pytest.mark.parametrize("category", ["workspace_crossing", "configuration_change"])
     def test_filters_apply(self, world: World, category: str):
         r = world.admin.get(f"{world.base}/audit-events/export", params={"category": category})
-        assert {json.loads(line)["category"] for line in r.text.splitlines()} <= {category}
+        lines, trailer = exported(r.content)
+        assert trailer is not None and {e["category"] for e in lines} <= {category}
+
+    def test_an_empty_export_still_ends_with_its_trailer(self, world: World):
+        r = world.admin.get(f"{world.base}/audit-events/export", params={"category": "approval_decision"})
+        assert exported(r.content) == ([], {"events": 0, "sha256": hashlib.sha256(b"").hexdigest()})
+
+    def test_an_interrupted_export_has_no_trailer(self, world: World, database):
+        for i in range(1100):  # more than one server-side batch (500)
+            world.admin.post(f"{world.ws(0)}/documents", json={"title": f"d{i}", "body": "b"})
+        killer = create_engine(database.superuser_db_url)
+        with world.admin.client.stream("GET", f"{world.base}/audit-events/export",
+                                       headers={"Authorization": f"Bearer {world.admin.token}"}) as r:
+            chunks = r.iter_bytes()
+            received = next(chunks)
+            # PostgreSQL goes away mid-export: the backend holding the export's cursor is killed.
+            with killer.connect() as conn:
+                killed = conn.execute(text(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+                    " where datname = current_database() and usename = :role and state = 'idle in transaction'"),
+                    {"role": database.app_role}).scalar_one()
+            try:
+                for chunk in chunks:
+                    received += chunk
+            except Exception:  # the transport may also report the broken stream: either way, no trailer
+                pass
+        killer.dispose()
+        assert killed >= 1
+        lines, trailer = exported(received)
+        assert trailer is None and 0 < len(lines) < 1100
