@@ -4,7 +4,6 @@ service-level access (a workspace scope on an app-role session) for what has no 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,29 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.crypto import datakeys
 from app.crypto.datakeys import DataKeys
-from app.crypto.kek import LocalKeyWrapper
 from app.db.session import make_engine, make_session_factory
 from app.main import create_app
 from tests.credentials.helpers import Api
 from tests.support.api import World, settings_for
-
-
-@pytest.fixture(scope="session")
-def kek_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("kek")
-    directory.chmod(0o700)
-    LocalKeyWrapper.create_version(directory)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def wrapper(kek_dir: Path) -> LocalKeyWrapper:
-    return LocalKeyWrapper(kek_dir)
-
-
-@pytest.fixture(scope="session")
-def data_keys(wrapper: LocalKeyWrapper) -> DataKeys:
-    return DataKeys(wrapper, ttl_seconds=300)
 
 
 @pytest.fixture(scope="session")

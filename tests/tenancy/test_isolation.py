@@ -29,7 +29,6 @@ from sqlalchemy import create_engine, text
 
 from app.crypto import datakeys
 from app.crypto.datakeys import DataKeys
-from app.crypto.kek import LocalKeyWrapper
 from tests.credentials.helpers import new_secret
 from tests.support.api import Caller, World, make_world
 from tests.support.idp import TestIdP
@@ -209,14 +208,12 @@ def add_workspace_1(tenant: Tenant, label: str) -> Tenant:
 
 
 @pytest.fixture(scope="module")
-def kek(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Credentials need a key-encryption key and the session's app has none configured: data keys over
-    a local KEK, installed the way tests/credentials does it, and whatever was installed put back."""
-    directory = tmp_path_factory.mktemp("kek")
-    directory.chmod(0o700)
-    LocalKeyWrapper.create_version(directory)
+def kek(data_keys: DataKeys) -> Iterator[None]:
+    """Credentials need a key-encryption key and the session's app has none configured: the
+    session's data keys (tests/support/keys.py), installed the way tests/credentials does it, and
+    whatever was installed put back."""
     before = datakeys.current()
-    datakeys.install(DataKeys(LocalKeyWrapper(directory), ttl_seconds=300))
+    datakeys.install(data_keys)
     yield
     datakeys.install(before)
 
