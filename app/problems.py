@@ -23,6 +23,8 @@ WWW_AUTHENTICATE = 'Bearer realm="palisade"'
 # PostgreSQL gave up waiting for us: lock_timeout (55P03), statement_timeout (57014).
 _BUSY_SQLSTATES = frozenset({"55P03", "57014"})
 BUSY_RETRY_AFTER_SECONDS = 1
+# The most validation errors a 422 lists (`errors_total` says how many there were).
+MAX_ERRORS = 20
 
 
 def problem(status: int, *, detail: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -50,9 +52,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Field locations and messages only: the offending input is never echoed back.
-        errors = [{"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")} for err in exc.errors()]
-        return problem(422, detail="The request is not valid.", errors=errors)
+        # Field locations and messages only: the offending input is never echoed back. At most
+        # MAX_ERRORS of them, with the total, so the answer to a hostile body stays small.
+        found = exc.errors()
+        errors = [{"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")}
+                  for err in found[:MAX_ERRORS]]
+        return problem(422, detail="The request is not valid.", errors=errors, errors_total=len(found))
 
     @app.exception_handler(IntegrityError)
     async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
