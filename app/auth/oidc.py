@@ -49,7 +49,14 @@ class SigningKey:
 
 
 class IssuerKeys:
-    """The signing keys of one issuer: fetched via discovery, cached, refetched on rotation."""
+    """The signing keys of one issuer: fetched via discovery, cached, refreshed off the request path.
+
+    Stale-while-revalidate: once the cache expires, requests keep verifying with the keys they
+    have while one background refresh runs (its own HTTP timeout); an unknown `kid` (most likely a
+    rotation) starts a refresh at most once per cooldown and waits for it at most
+    `unknown_kid_wait` seconds. Only while no key has ever been fetched does a request wait for
+    the fetch itself (nothing else could verify it). The lock is never held across I/O.
+    """
 
     def __init__(
         self,
@@ -59,42 +66,52 @@ class IssuerKeys:
         cache_seconds: float,
         cooldown_seconds: float,
         static_jwks: Mapping[str, Any] | None = None,
+        unknown_kid_wait: float = 1.0,
     ) -> None:
         self.config = config
         self._http = http
         self._cache_seconds = cache_seconds
         self._cooldown = cooldown_seconds
+        self._unknown_kid_wait = unknown_kid_wait
         self._lock = threading.Lock()
         self._keys: dict[str, SigningKey] = {}
         self._fetched_at = float("-inf")
         self._last_unknown_kid_fetch = float("-inf")
         self._failed_at = float("-inf")
+        self._refreshing: threading.Event | None = None  # set when the refresh in flight ends
         self._static = static_jwks is not None
         if static_jwks is not None:
             self._keys = self._parse(static_jwks)
 
     def key_for(self, kid: str) -> SigningKey:
-        # One lock per issuer: concurrent requests wait for the single fetch in flight.
-        with self._lock:
-            if not self._static:
-                self._maybe_refresh(kid, time.monotonic())
+        done = None if self._static else self._maybe_refresh(kid, time.monotonic())
+        key = self._keys.get(kid)
+        if key is None and done is not None:
+            # First use waits for the fetch (bounded by the HTTP timeout); a rotation only briefly.
+            done.wait(None if not self._keys else self._unknown_kid_wait)
             key = self._keys.get(kid)
         if key is None:
             raise Unauthenticated()
         return key
 
-    def _maybe_refresh(self, kid: str, now: float) -> None:
-        # The cache expired: refetch, unless the IdP failed us within the cooldown.
-        if now - self._fetched_at >= self._cache_seconds and now - self._failed_at >= self._cooldown:
-            self._refresh(now)
-            return
-        # An unknown kid is most likely a rotation: refetch at once, but once per cooldown only.
-        if kid not in self._keys and now - self._last_unknown_kid_fetch >= self._cooldown:
-            self._last_unknown_kid_fetch = now
-            self._refresh(now)
+    def _maybe_refresh(self, kid: str, now: float) -> threading.Event | None:
+        """Start a background refresh when one is due; the event of the refresh in flight, if any."""
+        with self._lock:
+            # The cache expired: refetch, unless the IdP failed us within the cooldown.
+            due = now - self._fetched_at >= self._cache_seconds and now - self._failed_at >= self._cooldown
+            # An unknown kid is most likely a rotation: refetch at once, but once per cooldown only.
+            if not due and kid not in self._keys and now - self._last_unknown_kid_fetch >= self._cooldown:
+                self._last_unknown_kid_fetch = now
+                due = True
+            if due and self._refreshing is None:
+                self._refreshing = threading.Event()
+                threading.Thread(target=self._refresh, args=(self._refreshing,), daemon=True,
+                                 name=f"jwks-refresh {self.config.issuer}").start()
+            return self._refreshing
 
-    def _refresh(self, now: float) -> None:
+    def _refresh(self, done: threading.Event) -> None:
         assert self._http is not None
+        started = time.monotonic()
         try:
             discovery = self._http.get(self.config.discovery).raise_for_status().json()
             if not isinstance(discovery, dict) or discovery.get("issuer") != self.config.issuer:
@@ -102,12 +119,18 @@ class IssuerKeys:
             jwks = self._http.get(discovery["jwks_uri"]).raise_for_status().json()
             if not isinstance(jwks, dict):
                 raise ValueError("the JWKS is not a JSON object")
-            self._keys = self._parse(jwks)
-            self._fetched_at = now
+            keys = self._parse(jwks)
+            with self._lock:
+                self._keys, self._fetched_at = keys, started
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             # Keep serving with the keys we have; the IdP may be briefly down.
-            self._failed_at = now
+            with self._lock:
+                self._failed_at = started
             log.warning("jwks_refresh_failed", extra={"issuer": self.config.issuer, "error": type(exc).__name__})
+        finally:
+            with self._lock:
+                self._refreshing = None
+            done.set()
 
     @staticmethod
     def _parse(jwks: Mapping[str, Any]) -> dict[str, SigningKey]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -14,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +189,15 @@ class TestIdP:
         self._config["jwks"] = jwks
         self._config_path.write_text(json.dumps(self._config))
         return private_jwk["kid"]
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """The IdP stops answering (SIGSTOP: connections are accepted by the kernel, never served), then resumes."""
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def jwks_hits(self) -> int:
         """Number of requests the IdP has served on its jwks_uri."""
