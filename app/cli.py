@@ -98,10 +98,10 @@ def serve(
     """Run the API server (refuses to start in production mode when doctor fails)."""
     import uvicorn
 
-    _settings()
-    # log_config=None: the app's own logging setup (JSON, scrubbed) takes uvicorn's loggers too.
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                proxy_headers=False, server_header=False, log_config=None)
+    from app.edge.serving import server_options
+
+    settings = _settings()
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, **server_options(settings))
 
 
 @tenant_cli.command("create")
@@ -331,7 +331,9 @@ def _dev(cluster, *, data_dir: Path, port: int, serve_api: bool) -> None:
     if serve_api:
         settings = Settings(_env_file=None, mode=Mode.development, database_url=app_url, dev_issuer_key_file=key_file,
                             log_json=False)
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, server_header=False, log_config=None)
+        from app.edge.serving import server_options
+
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, **server_options(settings))
 
 
 def _ensure_dev_database(superuser_url: str) -> None:

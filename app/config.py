@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # The admin (schema owner) URL: migrations only.
     admin_database_url: str = ""
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # The HTTP server's limits (app/edge/serving.py): request line + headers, idle keep-alive,
+    # connections and requests in flight per process.
+    max_header_bytes: int = Field(default=16 * 1024, ge=4 * 1024, le=256 * 1024)
+    keep_alive_seconds: int = Field(default=5, ge=1, le=120)
+    max_concurrency: int = Field(default=1000, ge=10, le=100_000)
     # How long a request waits for a pooled connection before it is answered 503 (Retry-After).
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # `password`: the URLs carry one. `entra`: they carry none; each connection signs in with an

@@ -1,6 +1,8 @@
 """The app servers the HTTP benchmarks load: `python -m bench.serve CONFIG.json` (started by `bench.harness`).
 
-Two kinds, served the same way (uvicorn, one process, uvloop + httptools, access log off):
+Two kinds, served the same way: uvicorn, one process, with the server options `palisade serve`
+uses (`app.edge.serving.server_options`: h11 with its header bound, keep-alive and concurrency
+limits), access log off:
 
 - `secured`: the real app, `app.main.create_app(Settings(**config["settings"]))`, every layer on.
 - `bare`: one FastAPI route at the same path running the project's documents query
@@ -30,6 +32,7 @@ from fastapi import FastAPI, Query
 from app.config import Settings
 from app.db.pagination import encode_cursor
 from app.db.session import make_engine, make_session_factory
+from app.edge.serving import server_options
 from app.knowledge import repository as repo
 from app.knowledge.models import Document
 from app.knowledge.schemas import DocumentPage, DocumentRead
@@ -98,8 +101,10 @@ def main(argv: list[str]) -> None:
     config = json.loads(Path(argv[0]).read_text())
     if config.get("gc_log"):
         record_gc_pauses(Path(config["gc_log"]))
+    options = server_options(Settings(_env_file=None, **config.get("settings", {})))  # type: ignore[call-arg]
+    options.pop("log_config")  # the benchmark keeps uvicorn's quiet default logging
     uvicorn.run(build(config), host="127.0.0.1", port=int(config["port"]), workers=None, log_level="warning",
-                access_log=False, lifespan="on")
+                access_log=False, lifespan="on", **options)
 
 
 if __name__ == "__main__":
