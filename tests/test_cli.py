@@ -116,6 +116,15 @@ class TestQuickStart:
             assert answer.status_code == 200
             assert sorted(w["slug"] for w in answer.json()) == ["brand-a", "brand-b"]
             assert httpx.get(f"http://127.0.0.1:{port}/api/v1/tenants/{tenant[1]}/workspaces").status_code == 401
+            # The quick-start server believes no X-Forwarded-For: the audit trail records the real peer.
+            auth = {"Authorization": f"Bearer {token[1]}"}
+            invited = httpx.post(f"http://127.0.0.1:{port}/api/v1/tenants/{tenant[1]}/invitations",
+                                 json={"email": "someone@people.example", "tenant_role": "member"},
+                                 headers={**auth, "X-Forwarded-For": "198.51.100.77"})
+            assert invited.status_code == 201, invited.text
+            trail = httpx.get(f"http://127.0.0.1:{port}/api/v1/tenants/{tenant[1]}/audit-events",
+                              params={"category": "invitation"}, headers=auth).json()["items"]
+            assert [e["client_ip"] for e in trail] == ["127.0.0.1"]
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
