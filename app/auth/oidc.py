@@ -8,6 +8,7 @@ made-up kids cannot hammer the IdP.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -105,7 +106,9 @@ class IssuerKeys:
                 due = True
             if due and self._refreshing is None:
                 self._refreshing = threading.Event()
-                threading.Thread(target=self._refresh, args=(self._refreshing,), daemon=True,
+                # In the triggering request's context, so its trace shows the fetch as a child span.
+                context = contextvars.copy_context()
+                threading.Thread(target=context.run, args=(self._refresh, self._refreshing), daemon=True,
                                  name=f"jwks-refresh {self.config.issuer}").start()
             return self._refreshing
 
