@@ -18,7 +18,8 @@ from pydantic_core import ValidationError
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
-Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$", max_length=320)]
+# Surrounding whitespace is dropped, then it must look like an address.
+Email = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$", max_length=320)]
 
 
 # How many unknown fields a 422 names (each name cut to 64 characters); the rest are not looked at.

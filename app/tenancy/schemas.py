@@ -8,17 +8,14 @@ from typing import Annotated
 from pydantic import Field, StringConstraints, model_validator
 
 from app.authz.roles import TenantRole, WorkspaceRole
-from app.schemas import Name, Output, Slug, StrictInput
-
-# The invitee's e-mail: surrounding whitespace is dropped, then it must look like an address.
-InviteeEmail = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$", max_length=320)]
+from app.schemas import Email, Name, Output, Slug, StrictInput
 
 
 class TenantCreate(StrictInput):
     name: Name
     slug: Slug
     # The first customer_admin's e-mail: only a token with this e-mail, verified, accepts the invitation.
-    admin_email: InviteeEmail
+    admin_email: Email
 
 
 class TenantRead(Output):
@@ -48,7 +45,7 @@ class TenantMemberUpdate(StrictInput):
 
 class InvitationCreate(StrictInput):
     # Required: only a token carrying this e-mail, verified by its IdP, accepts the invitation.
-    email: InviteeEmail
+    email: Email
     tenant_role: TenantRole = TenantRole.member
     workspace_id: uuid.UUID | None = None
     workspace_role: WorkspaceRole | None = None
