@@ -41,6 +41,8 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy import create_engine, pool, text
 
+from app.db.session import DbContext, send_context
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -101,11 +103,15 @@ MINIMUM_MINOR = {15: 14, 16: 10, 17: 6}
 
 # --- The expected policies -------------------------------------------------------------------
 # Predicates as PostgreSQL deparses them into pg_policies (taken from a freshly migrated 15.x
-# database). `canonical()` normalises whitespace and the cosmetic column alias of a scalar
-# subquery (`( SELECT ... AS "nullif")`), which is all that varies between deparsers.
-_CURRENT_TENANT = "( SELECT (NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid AS \"nullif\")"
-_CURRENT_WORKSPACE = "( SELECT (NULLIF(current_setting('app.workspace_id'::text, true), ''::text))::uuid AS \"nullif\")"
-_PLATFORM_ROLE = "( SELECT current_setting('app.platform_role'::text, true) AS current_setting)"
+# database), written here with the cosmetic column alias of each scalar subquery (`( SELECT ...
+# AS "nullif")`) left out: `canonical()` removes it, and normalises whitespace, on both sides.
+# The context settings, as the policies read them:
+_T = "( SELECT (NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid)"
+_W = "( SELECT (NULLIF(current_setting('app.workspace_id'::text, true), ''::text))::uuid)"
+_U = "( SELECT (NULLIF(current_setting('app.user_id'::text, true), ''::text))::uuid)"
+_P = "( SELECT current_setting('app.platform_role'::text, true))"
+_VI = "( SELECT current_setting('app.vendor_issuer'::text, true))"
+_VS = "( SELECT current_setting('app.vendor_subject'::text, true))"
 
 # The settings the app sets (app.db.session), and so the only ones a policy may read.
 APP_SETTINGS = frozenset({"app.tenant_id", "app.workspace_id", "app.user_id", "app.platform_role", "app.vendor_issuer",
@@ -133,22 +139,15 @@ class TenantTable:
     workspace_key: str | None = None
 
 
-TENANT_POLICY = ExpectedPolicy("tenant_isolation", True, f"(tenant_id = {_CURRENT_TENANT})", f"(tenant_id = {_CURRENT_TENANT})")
+TENANT_POLICY = ExpectedPolicy("tenant_isolation", True, f"(tenant_id = {_T})", f"(tenant_id = {_T})")
 WORKSPACE_POLICY = ExpectedPolicy(
-    "workspace_isolation", False, f"(workspace_id = {_CURRENT_WORKSPACE})", f"(workspace_id = {_CURRENT_WORKSPACE})"
+    "workspace_isolation", False, f"(workspace_id = {_W})", f"(workspace_id = {_W})"
 )
 # A tenants row is its own tenant; vendor staff (internal_admin) read tenant metadata, never write it.
 TENANTS_POLICY = ExpectedPolicy(
-    "tenant_isolation", True, f"((id = {_CURRENT_TENANT}) OR ({_PLATFORM_ROLE} = 'internal_admin'::text))", f"(id = {_CURRENT_TENANT})"
+    "tenant_isolation", True, f"((id = {_T}) OR ({_P} = 'internal_admin'::text))", f"(id = {_T})"
 )
-# Revision 0007: membership and vendor grants, read by the policies themselves. Built from the
-# deparsed pieces below (aliases already stripped, as `canonical()` leaves them).
-_U = "( SELECT (NULLIF(current_setting('app.user_id'::text, true), ''::text))::uuid)"
-_T = "( SELECT (NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid)"
-_W = "( SELECT (NULLIF(current_setting('app.workspace_id'::text, true), ''::text))::uuid)"
-_P = "( SELECT current_setting('app.platform_role'::text, true))"
-_VI = "( SELECT current_setting('app.vendor_issuer'::text, true))"
-_VS = "( SELECT current_setting('app.vendor_subject'::text, true))"
+# Revision 0007: membership and vendor grants, read by the policies themselves.
 _USER_SET = f"({_U} IS NOT NULL)"
 _VENDOR = f"({_P} = 'internal_admin'::text)"
 _NOT_VENDOR = f"({_P} IS DISTINCT FROM 'internal_admin'::text)"
@@ -803,11 +802,6 @@ def _check_migration_head(conn: sqlalchemy.Connection, expected_head: str) -> li
 
 # --- The live probe --------------------------------------------------------------------------
 
-_SQL_CONTEXT = text(
-    "select set_config('app.tenant_id', :tenant, true), set_config('app.workspace_id', :workspace, true),"
-    " set_config('app.user_id', :user, true), set_config('app.platform_role', :platform_role, true)"
-)
-
 _SQL_PROBE_TABLES = text(
     f"""
     select format('%I.%I', n.nspname, c.relname) as name,
@@ -885,7 +879,10 @@ def run_probe(conn: sqlalchemy.Connection) -> list[Finding]:
     tenant, workspace, user, other = (str(uuid.uuid4()) for _ in range(4))
 
     def context(tenant: str = "", workspace: str = "", user: str = "", platform_role: str = "") -> None:
-        conn.execute(_SQL_CONTEXT, {"tenant": tenant, "workspace": workspace, "user": user, "platform_role": platform_role})
+        # Exactly the settings the app sets (app.db.session), the others cleared.
+        send_context(conn, DbContext(tenant_id=uuid.UUID(tenant) if tenant else None,
+                                     workspace_id=uuid.UUID(workspace) if workspace else None,
+                                     user_id=uuid.UUID(user) if user else None, platform_role=platform_role or None))
 
     try:
         conn.execute(text("select set_config('statement_timeout', '5s', true), set_config('lock_timeout', '1s', true)"))

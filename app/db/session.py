@@ -97,8 +97,13 @@ def apply_context(session: Session, context: DbContext) -> None:
         connection.info[_CONTEXT] = context.parameters()
         connection.info[_SENT] = False
     else:
-        connection.exec_driver_sql(_SET_CONTEXT, context.parameters())
+        send_context(connection, context)
     session.info["db_context"] = context
+
+
+def send_context(connection: Connection, context: DbContext) -> None:
+    """Set `context` on `connection` now, in its current transaction (a round trip of its own)."""
+    connection.exec_driver_sql(_SET_CONTEXT, context.parameters())
 
 
 def current_context(session: Session) -> DbContext:
