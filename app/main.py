@@ -13,6 +13,7 @@ from sqlalchemy import text
 from app import alerts, problems
 from app.audit import service as audit
 from app.audit.router import router as audit_router
+from app.audit.signins import SignInFailures
 from app.auth.dependencies import get_principal
 from app.auth.oidc import TokenVerifier
 from app.authz import denials
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         audit.install_log_hooks(app.state.sessions)
+        app.state.sign_in_failures = SignInFailures(app.state.sessions, interval=settings.sign_in_audit_flush_seconds).start()
         wrapper = key_wrapper_from_settings(settings)
         data_keys = datakeys.DataKeys(wrapper, ttl_seconds=settings.data_key_cache_seconds,
                                       max_entries=settings.data_key_cache_size) if wrapper else None
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 alerts.install(None)
             if data_keys is not None and datakeys.current() is data_keys:
                 datakeys.install(None)
+            app.state.sign_in_failures.stop()  # before the alert engine: its events feed alerts
             alert_engine.stop(timeout=5)
             app.state.turnstile.close()
             app.state.verifier.close()

@@ -295,8 +295,11 @@ def observations_for_audit_event(event: Mapping[str, Any]) -> list[Observation]:
     }
     out: list[Observation] = []
     if category == "authentication" and outcome in _FAILED:
-        out.append(Observation(AUTH_FAILURE_IP, ip_key(event.get("client_ip")), details=ids))
-        out.append(Observation(AUTH_FAILURE_ISSUER, f"{tenant}|{event.get('actor_issuer') or '-'}", details=ids))
+        # Failed sign-ins arrive aggregated (`app.audit.signins`): one event, `details.count` failures.
+        count = (event.get("details") or {}).get("count")
+        value = float(count) if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1.0
+        out.append(Observation(AUTH_FAILURE_IP, ip_key(event.get("client_ip")), value=value, details=ids))
+        out.append(Observation(AUTH_FAILURE_ISSUER, f"{tenant}|{event.get('actor_issuer') or '-'}", value=value, details=ids))
     elif category == "access_denied":
         out.append(Observation(ACCESS_DENIED, actor, details=ids))
     elif category == "workspace_crossing" and outcome not in _FAILED:

@@ -3,7 +3,8 @@
 `record()` adds the event to the caller's transaction, so the action and its record commit or roll
 back together. When the transaction commits, each event is also emitted as one JSON log line (and
 handed to the alert engine). `record_detached()` writes in a transaction of its own, for what must
-be recorded although the request's own work is rolled back: denied access, failed sign-ins.
+be recorded although the request's own work is rolled back: denied access. Failed sign-ins are
+buffered and written aggregated (`app.audit.signins`).
 """
 
 from __future__ import annotations
@@ -140,8 +141,11 @@ def record(
     target_type: str | None = None,
     target_id: uuid.UUID | str | None = None,
     details: dict[str, Any] | None = None,
+    trace_id: str | None = None,
 ) -> dict[str, Any]:
     """Append one event to the tenant's chain inside the session's transaction.
+
+    `trace_id` defaults to the current trace's (a buffered event carries the one it was made in).
 
     Returns the event as plain data (`as_dict`'s shape: what is hashed, logged and exported), a
     copy of what is logged once the transaction commits. No ORM object: one Core statement.
@@ -153,7 +157,7 @@ def record(
         "actor_subject": actor.subject, "actor_role": actor.role, "target_type": target_type,
         "target_id": str(target_id) if target_id is not None else None, "client_ip": _ip(meta.client_ip),
         "user_agent": (meta.user_agent or "")[:512] or None, "correlation_id": meta.correlation_id,
-        "trace_id": _trace_id(), "details": details or {}, "prev_hash": None, "hash": None,
+        "trace_id": trace_id or _trace_id(), "details": details or {}, "prev_hash": None, "hash": None,
     }
     before, between, after = canonical_around_link(event)
     # `details` as the JSONB type's own serializer (json.dumps) would have written it.

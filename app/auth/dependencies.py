@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.audit.service import Actor, Category
+from app.audit.service import Actor
 from app.auth.oidc import VendorRoleRefused
 from app.auth.principal import Principal
-from app.authz.denials import record_refusal
+from app.authz.denials import record_failed_sign_in
 from app.errors import Forbidden, Unauthenticated
 
 _bearer = HTTPBearer(auto_error=False, description="An OIDC access token (JWT) from a configured issuer.")
@@ -24,13 +24,12 @@ def get_principal(request: Request, credentials: Annotated[HTTPAuthorizationCred
     except VendorRoleRefused as exc:
         # A validly signed token claiming vendor staff from an issuer not trusted for it: who it named
         # is worth keeping (the issuer vouched for the subject, not for the role).
-        record_refusal(request, action="token.vendor_role_refused", category=Category.authentication,
-                       actor=Actor(issuer=exc.issuer, subject=exc.subject, user_id=None, role="authenticated"))
+        record_failed_sign_in(request, action="token.vendor_role_refused",
+                              actor=Actor(issuer=exc.issuer, subject=exc.subject, user_id=None, role="authenticated"))
         raise Unauthenticated() from None
     except Unauthenticated as exc:
         # Recorded (never the token itself) so repeated failures per address raise an alert.
-        record_refusal(request, action="token.missing" if exc.detail == "missing" else "token.rejected",
-                       category=Category.authentication)
+        record_failed_sign_in(request, action="token.missing" if exc.detail == "missing" else "token.rejected")
         raise Unauthenticated() from None
     request.state.principal = principal
     return principal

@@ -1,8 +1,10 @@
 """Refused access is recorded, in a transaction of its own: the request's own work rolls back.
 
 A refusal inside a tenant the caller belongs to goes to that tenant's chain. A refusal where the
-caller has no tenant (a tenant they are not in, a vendor-only route, a bad token) goes to the
-platform chain, so a probed tenant's existence is never written into anybody's trail but ours.
+caller has no tenant (a tenant they are not in, a vendor-only route) goes to the platform chain, so
+a probed tenant's existence is never written into anybody's trail but ours. A failed sign-in (a
+missing or unusable token) goes to the platform chain too, buffered and aggregated
+(`record_failed_sign_in`, `app.audit.signins`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.audit.service import ANONYMOUS, Actor, Category, record_detached
 from app.auth.principal import INTERNAL_ADMIN
 from app.edge.client import request_meta
 from app.errors import Forbidden
+from app.observability.tracing import current_trace_id
 
 
 def record_refusal(
@@ -42,6 +45,12 @@ def record_refusal(
         outcome="denied",
         **fields,
     )
+
+
+def record_failed_sign_in(request: Request, *, action: str, actor: Actor | None = None) -> None:
+    """Buffer one failed sign-in for the platform chain (`app.audit.signins`): no I/O here."""
+    request.app.state.sign_in_failures.add(action=action, actor=actor or ANONYMOUS, meta=request_meta(request),
+                                           trace_id=current_trace_id())
 
 
 def route_label(request: Request) -> str:

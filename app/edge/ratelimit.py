@@ -65,12 +65,18 @@ Design notes
   against its class only.
 - Where it runs: `limit` is a dependency on the API router, right after `get_principal`, so the
   caller is known and nothing touched the tenant's data yet. Failed authentication never reaches
-  it, so the middleware `install()` adds counts every 401 per client address (class
-  "auth-failure", generous by default) and, once an address is over that limit, answers 429 before
-  the token is even verified: token guessing gets `limit` attempts per window per address (plus at
-  most one per replica that has not yet seen the address fail). Only failures count, so a whole
-  office behind one NAT address is not throttled by its successful requests. Health probes are
-  exempt.
+  it, so the middleware `install()` adds counts every 401 twice: per client address (class
+  "auth-failure") and per subject the token claims (class "auth-failure-subject": the unverified
+  `iss` and `sub`, when the token decodes at all), so guessing from many addresses at one account
+  is limited too. Over either limit, a failing attempt is answered 429 instead of 401 (not
+  counted; refused hits never are) until the exact retry time. Only failures are ever refused
+  (issue 15): a request whose token verifies goes through whatever its address or claimed subject
+  did, so a whole office behind one NAT address keeps working while someone there (or someone
+  claiming a colleague's subject) fails sign-ins. The price: a failing attempt over the limit is
+  verified before it is refused (a signature check; unknown key ids trigger at most one JWKS
+  refresh per cooldown). Failures are still counted while the store is unreachable, in this
+  process (`MemoryStore`), so each replica then enforces the limit on its own; the audit trail
+  buffers them too (`app.audit.signins`). Health probes are exempt.
 - Responses: a 429 is problem+json with `Retry-After`; every limited response (429, 401 and
   successful ones) carries `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
   `RateLimit-Policy: <limit>;w=<window>` (draft-ietf-httpapi-ratelimit-headers). `RateLimit-Reset`
@@ -81,8 +87,8 @@ Design notes
   limiter runs before tenant access is checked, and an unverified tenant id from the path must not
   become a key). Observations are coalesced to at most one per key per second (`value` = refusals
   since the last one), so a flood of refusals does not turn into a flood of alert writes.
-- Failure: if the store fails, the request is refused with 503 (fail closed) and logged; counting
-  a 401 that fails is logged and the 401 goes out unchanged.
+- Failure: if the store fails, the request is refused with 503 (fail closed) and logged; a failed
+  sign-in is counted in-process instead (above).
 """
 
 from __future__ import annotations
@@ -119,17 +125,19 @@ DEFAULT_WINDOW_SECONDS = 60
 ROUTE_CLASS_EXTRA = "x-rate-limit-class"
 API_ROOT = "/api/v1"
 AUTH_FAILURE = "auth-failure"
+AUTH_FAILURE_SUBJECT = "auth-failure-subject"
 _EPSILON = 1e-9
 _STATE_KEY = "rate_limit"
 
 
 @dataclass(frozen=True)
 class RouteClass:
-    """A class of routes sharing one limit. `key`: "caller" (user, else address) or "ip" (always the address)."""
+    """A class of routes sharing one limit. `key`: "caller" (user, else address), "ip" (always the
+    address) or "subject" (the issuer and subject a token claims; failed sign-ins only)."""
 
     name: str
     default_limit: int | None  # None: `settings.rate_limit_per_minute`
-    key: Literal["caller", "ip"]
+    key: Literal["caller", "ip", "subject"]
     description: str
 
 
@@ -140,7 +148,10 @@ CLASSES: dict[str, RouteClass] = {
         RouteClass("auth-public", 20, "ip", "Public or onboarding routes that take a secret (invitation accept): per client address."),
         RouteClass("export", 10, "caller", "Bulk exports (audit trail, privacy exports): expensive, streamed."),
         RouteClass("upload", 30, "caller", "File uploads (brand assets, knowledge files)."),
-        RouteClass(AUTH_FAILURE, 60, "ip", "Failed authentications (401) per client address, checked before the token is verified."),
+        RouteClass(AUTH_FAILURE, 60, "ip", "Failed authentications (401) per client address; over it, failing attempts get 429."),
+        RouteClass(AUTH_FAILURE_SUBJECT, 30, "subject",
+                   "Failed authentications (401) per subject a token claims, from any address; over it, failing attempts "
+                   "claiming it get 429."),
     )
 }
 
@@ -436,9 +447,9 @@ class _Saturation:
 
 @dataclass(frozen=True)
 class Identity:
-    """Whom a bucket counts: `kind` "user" or "ip", the identity, and the alert key for refusals."""
+    """Whom a bucket counts: `kind` "user", "ip" or "subject", the identity, and the alert key for refusals."""
 
-    kind: Literal["user", "ip"]
+    kind: Literal["user", "ip", "subject"]
     value: str
     alert_key: str
 
@@ -498,6 +509,7 @@ class RateLimiter:
         self._blocked: _Blocked[Decision] = _Blocked()
         self._refused: _Blocked[_TokenRefusal] = _Blocked()
         self._saturation = _Saturation()
+        self._local = MemoryStore()  # forced hits (failed sign-ins) while the store is unreachable
         self._prune_interval = prune_interval
         self._prune_lock = threading.Lock()
         self._last_prune = time.monotonic()  # the first prune waits one interval
@@ -553,19 +565,22 @@ class RateLimiter:
         self._saturation.refused(refusal.alert_key, refusal.details)
         return self._remaining(until, refusal.decision, now)
 
-    def auth_failure_blocked(self, address: str | None) -> Decision | None:
-        """The refusal for this address while it is over its failed-authentication limit (local knowledge only)."""
-        identity = Identity("ip", ip_key(address), f"ip:{ip_key(address)}")
-        bucket = self.bucket(AUTH_FAILURE, identity)
-        decision = self._cached(bucket)
-        if decision is not None:
-            self._saturation.refused(identity.alert_key, {"class": AUTH_FAILURE})
-        return decision
-
-    def count_auth_failure(self, address: str | None) -> Decision:
-        """Count one failed authentication for this address (always: it was evaluated)."""
-        identity = Identity("ip", ip_key(address), f"ip:{ip_key(address)}")
-        return self._hit(AUTH_FAILURE, self.bucket(AUTH_FAILURE, identity), force=True)
+    def sign_in_failed(self, address: str | None, claimed_subject: str | None) -> tuple[Decision, bool]:
+        """One failed authentication from `address`, its token claiming `claimed_subject`
+        (`issuer|subject`, unverified) if any. Returns the decision for the response's headers and
+        whether to refuse it (429): when the address or the claimed subject is over its limit
+        (local knowledge, exact until the retry time; not counted). Otherwise it is counted against
+        both (always: it was evaluated; in-process when the store is unreachable)."""
+        buckets = [(AUTH_FAILURE, Identity("ip", ip_key(address), f"ip:{ip_key(address)}"))]
+        if claimed_subject:
+            buckets.append((AUTH_FAILURE_SUBJECT, Identity("subject", claimed_subject, f"subject:{_digest(claimed_subject)}")))
+        for name, identity in buckets:
+            refusal = self._cached(self.bucket(name, identity))
+            if refusal is not None:
+                self._saturation.refused(identity.alert_key, {"class": name})
+                return refusal, True
+        decisions = [self._hit(name, self.bucket(name, identity), force=True) for name, identity in buckets]
+        return min(decisions, key=lambda d: d.remaining), False
 
     # -- internals --
 
@@ -614,7 +629,10 @@ class RateLimiter:
             counts = self.store.hit(bucket, limit=limit, window_seconds=self.window, force=force)
         except SQLAlchemyError as exc:
             log.error("rate_limit_store_error", extra={"error": type(exc).__name__})
-            raise RateLimiterUnavailable(type(exc).__name__) from None
+            if not force:
+                raise RateLimiterUnavailable(type(exc).__name__) from None
+            # A hit that happened whatever the limit (a failed sign-in) still counts, here.
+            counts = self._local.hit(bucket, limit=limit, window_seconds=self.window, force=True)
         decision, full_for = decide(route_class, counts, limit, self.window)
         if full_for > 0:
             now = time.monotonic()
@@ -654,10 +672,25 @@ def _refusal(decision: Decision) -> JSONResponse:
     return problems.problem(429, detail=f"Too many requests; retry after {decision.retry_after} seconds.", headers=decision.headers)
 
 
+def claimed_subject(request: Request) -> str | None:
+    """`issuer|subject` as the request's bearer token claims them, unverified (None when it names none)."""
+    token = bearer_token(request)
+    if token is None:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    issuer, subject = claims.get("iss"), claims.get("sub")
+    if not (isinstance(issuer, str) and isinstance(subject, str) and subject):
+        return None
+    return f"{issuer}|{subject}"
+
+
 class RateLimitMiddleware:
-    """Refuses addresses over their failed-authentication limit, and repeats of a verified token's
-    refusal on the same method and path, before anything else runs; counts every 401 per address,
-    and puts the RateLimit-* headers on every limited response."""
+    """Refuses repeats of a verified token's refusal on the same method and path before anything
+    else runs; counts every 401 per address and per claimed subject, answering 429 instead once
+    either is over its limit; and puts the RateLimit-* headers on every limited response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -668,21 +701,30 @@ class RateLimitMiddleware:
             return
         limiter = limiter_of(scope["app"])
         request = Request(scope)
-        address = request_meta(request).client_ip
-        blocked = limiter.auth_failure_blocked(address) or limiter.token_refused(scope["method"], scope["path"], request)
+        blocked = limiter.token_refused(scope["method"], scope["path"], request)
         if blocked is not None:
             await _refusal(blocked)(scope, receive, send)
             return
         state = scope.setdefault("state", {})
+        replaced = False  # the 401 went out as a 429: drop the rest of its body
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return
             if message["type"] == "http.response.start":
                 decision: Decision | None = state.get(_STATE_KEY)
                 if message["status"] == 401:
                     try:
-                        decision = await run_in_threadpool(limiter.count_auth_failure, address)
+                        decision, refuse = await run_in_threadpool(
+                            limiter.sign_in_failed, request_meta(request).client_ip, claimed_subject(request))
                     except Exception:
                         log.error("rate_limit_auth_failure_uncounted")
+                    else:
+                        if refuse:
+                            replaced = True
+                            await _refusal(decision)(scope, receive, send)
+                            return
                 if decision is not None:
                     headers = MutableHeaders(scope=message)
                     for name, value in decision.headers.items():

@@ -74,6 +74,15 @@ def test_failed_authentication_counts_per_address_and_per_tenant_issuer():
     assert signals(event(category="authentication", action="sign_in")) == []
 
 
+def test_an_aggregated_failed_sign_in_counts_as_many_failures():
+    evt = event(category="authentication", action="token.rejected", outcome="denied", client_ip="203.0.113.7",
+                details={"count": 37})
+    assert [o.value for o in R.observations_for_audit_event(evt)] == [37.0, 37.0]
+    for odd in (0, -3, True, "37", None):
+        evt["details"] = {"count": odd}
+        assert [o.value for o in R.observations_for_audit_event(evt)] == [1.0, 1.0]
+
+
 def test_denials_and_crossings_count_per_actor():
     user = str(uuid.uuid4())
     assert signals(event(category="access_denied", outcome="denied", actor_user_id=user)) == [

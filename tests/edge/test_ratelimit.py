@@ -149,10 +149,9 @@ def test_failed_authentication_is_counted_per_address(database: TestDatabase, id
             assert r.headers["WWW-Authenticate"] == 'Bearer realm="palisade"'
             assert r.headers["RateLimit-Limit"] == "3"
             assert r.headers["RateLimit-Remaining"] == str(expected_remaining)
-        # Over the limit: refused before the token is looked at, whatever it is.
+        # Over the limit: every failing attempt is refused, whatever token it carries.
         assert_limited(guesser.get("/api/v1/tenants", headers={"Authorization": "Bearer guess"}), limit=3)
-        valid = vendor(guesser, idp)
-        assert_limited(valid.get("/api/v1/tenants"), limit=3)
+        assert_limited(guesser.get("/api/v1/tenants"), limit=3)
         # Probes stay open.
         assert guesser.get("/health/live").status_code == 200
         # Another address (no lifespan of its own: the app is already running) is counted apart.
@@ -160,9 +159,49 @@ def test_failed_authentication_is_counted_per_address(database: TestDatabase, id
         r = neighbour.get("/api/v1/tenants")
         assert r.status_code == 401
         assert r.headers["RateLimit-Remaining"] == "2"
-        ok = Caller(neighbour, valid.subject, valid.token).get("/api/v1/tenants")
-        assert ok.status_code == 200
-        assert ok.headers["RateLimit-Limit"] == "50"  # its own class: the per-user default
+
+
+def test_a_valid_token_is_never_refused_for_the_failures_of_its_address(database: TestDatabase, idp: TestIdP) -> None:
+    # An office behind one NAT address: someone there fails sign-ins past the limit; everyone
+    # with a valid token keeps working (they were all refused 429 before issue 15).
+    app, _ = build(database, idp, rate_limit_per_minute=50, rate_limit_classes={"auth-failure": 2})
+    with serve(app) as office:
+        for _ in range(2):
+            assert office.get("/api/v1/tenants", headers={"Authorization": "Bearer expired-or-garbage"}).status_code == 401
+        assert_limited(office.get("/api/v1/tenants", headers={"Authorization": "Bearer expired-or-garbage"}), limit=2)
+        colleague = vendor(office, idp)
+        for _ in range(3):
+            r = colleague.get("/api/v1/tenants")
+            assert r.status_code == 200, r.text
+            assert r.headers["RateLimit-Limit"] == "50"  # its own class: the per-user default
+        # ... while failing attempts from the address stay refused.
+        assert_limited(office.get("/api/v1/tenants"), limit=2)
+
+
+def test_failed_sign_ins_claiming_one_subject_are_limited_across_addresses(database: TestDatabase, idp: TestIdP) -> None:
+    app, _ = build(database, idp, rate_limit_per_minute=50, rate_limit_classes={"auth-failure-subject": 3})
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with serve(app) as client:
+        victim = vendor(client, idp)
+        claims = jwt.decode(victim.token, options={"verify_signature": False})
+        forged = idp.forge(claims, key=stranger)  # the victim's claims, signed by a key the IdP never published
+
+        def attempt(token: str) -> httpx.Response:  # each from an address of its own
+            return TestClient(app, raise_server_exceptions=False, client=(next(_addresses), 50000)).get(
+                "/api/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+
+        for expected_remaining in (2, 1, 0):
+            r = attempt(forged)
+            assert r.status_code == 401
+            assert r.headers["RateLimit-Remaining"] == str(expected_remaining)  # the tighter of the two counts
+        assert_limited(attempt(forged), limit=3)
+        assert_limited(attempt(idp.forge({**claims, "jti": secrets.token_hex(8)}, key=stranger)), limit=3)
+        # The victim's own valid token still works, from anywhere.
+        assert Caller(TestClient(app, client=(next(_addresses), 50000)), victim.subject, victim.token).get(
+            "/api/v1/tenants").status_code == 200
+        # Someone else's subject is counted apart.
+        other = idp.forge({**claims, "sub": f"user-{secrets.token_hex(6)}"}, key=stranger)
+        assert attempt(other).status_code == 401
 
 
 def test_route_classes_have_their_own_limits_and_keys(database: TestDatabase, idp: TestIdP) -> None:
