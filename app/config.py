@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     # Requests per minute per user (per client IP when unauthenticated), and per route class.
     rate_limit_per_minute: int = Field(default=100, ge=1)
     rate_limit_classes: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    # How long an Idempotency-Key (app/idempotency.py) is kept: a retry within it replays the response.
+    idempotency_key_hours: int = Field(default=24, ge=1, le=168)
     # Failed sign-ins are written to the audit trail aggregated, from a buffer flushed this often.
     sign_in_audit_flush_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Largest upload accepted (brand assets, knowledge files).

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from sqlalchemy import text
 
-from app import alerts, problems
+from app import alerts, idempotency, problems
 from app.audit import service as audit
 from app.audit.router import router as audit_router
 from app.audit.signins import SignInFailures
@@ -159,5 +159,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(uploads_router)
     app.include_router(api)
     edge_http.install(app, settings)
+    idempotency.install(app)
     ratelimit.install(app, settings)
     return app

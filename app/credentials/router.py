@@ -12,6 +12,7 @@ from fastapi import APIRouter, status
 from app.authz.dependencies import WorkspaceAdmin
 from app.credentials import service
 from app.credentials.schemas import CredentialCreate, CredentialList, CredentialRead, CredentialReplace
+from app.idempotency import Idempotent
 
 router = APIRouter(prefix="/tenants/{tenant_id}/workspaces/{workspace_id}/credentials", tags=["credentials"])
 
@@ -22,7 +23,7 @@ def list_credentials(scope: WorkspaceAdmin) -> CredentialList:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CredentialRead)
-def create_credential(body: CredentialCreate, scope: WorkspaceAdmin) -> CredentialRead:
+def create_credential(body: CredentialCreate, scope: WorkspaceAdmin, _: Idempotent) -> CredentialRead:
     return CredentialRead.model_validate(
         service.create_credential(scope, provider=body.provider, label=body.label, kind=body.kind, secret=body.secret)
     )

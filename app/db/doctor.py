@@ -185,6 +185,7 @@ _AUDIT_ACCESS = ExpectedPolicy(
 )
 
 # The policies that check membership (or a vendor grant): the probe expects a non-member to see nothing.
+_IDEMPOTENCY_ACCESS = _case(_TENANT_MEMBER, f"(((caller_issuer)::text = {_VI}) AND ((caller_subject)::text = {_VS}))", "true")
 MEMBERSHIP_POLICIES = frozenset({"tenant_access", "workspace_access"})
 # On the tables those checks read: closed to vendor staff without a grant, open to the tenant.
 VENDOR_POLICY = "vendor_access"
@@ -215,6 +216,9 @@ TENANT_TABLES: dict[str, TenantTable] = {
     "public.tenant_data_keys": MEMBERS_ONLY,
     "public.documents": WORKSPACE_OWNED,
     "public.uploaded_files": WORKSPACE_OWNED,
+    # A caller's own keys: members of the tenant; vendor staff only the rows they made (migration 0009).
+    "public.idempotency_keys": TenantTable((TENANT_POLICY, ExpectedPolicy(
+        "tenant_access", False, _IDEMPOTENCY_ACCESS, _IDEMPOTENCY_ACCESS))),
     "public.provider_credentials": TenantTable(
         (TENANT_POLICY, WORKSPACE_POLICY, ExpectedPolicy("workspace_access", False, _CREDENTIAL, _CREDENTIAL)),
         workspace_key="workspace_id"),

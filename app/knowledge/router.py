@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, status
 from app.authz.dependencies import WorkspaceAccess, WorkspaceViewer, WorkspaceWriter
 from app.authz.roles import WorkspaceRole
 from app.authz.scope import WorkspaceScope
+from app.idempotency import Idempotent
 from app.knowledge import service
 from app.knowledge.schemas import DocumentCopy, DocumentCreate, DocumentPage, DocumentRead, DocumentUpdate
 
@@ -33,7 +34,7 @@ def list_documents(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DocumentRead)
-def create_document(body: DocumentCreate, scope: WorkspaceWriter) -> DocumentRead:
+def create_document(body: DocumentCreate, scope: WorkspaceWriter, _: Idempotent) -> DocumentRead:
     return DocumentRead.model_validate(service.create_document(scope, title=body.title, body=body.body))
 
 
@@ -53,6 +54,6 @@ def delete_document(document_id: uuid.UUID, scope: WorkspaceWriter) -> None:
 
 
 @router.post("/{document_id}/copy", status_code=status.HTTP_201_CREATED, response_model=DocumentRead)
-def copy_document(document_id: uuid.UUID, body: DocumentCopy, scope: WorkspaceCrosser) -> DocumentRead:
+def copy_document(document_id: uuid.UUID, body: DocumentCopy, scope: WorkspaceCrosser, _: Idempotent) -> DocumentRead:
     """Copy into another workspace named explicitly in the body; recorded as a workspace crossing."""
     return DocumentRead.model_validate(service.copy_document(scope, document_id, target_workspace_id=body.target_workspace_id))

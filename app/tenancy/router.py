@@ -23,6 +23,7 @@ from app.authz.dependencies import (
 from app.db.dependencies import DbSession
 from app.edge.turnstile import HumanVerified
 from app.errors import NotFound
+from app.idempotency import Idempotent
 from app.tenancy import service
 from app.tenancy.schemas import (
     InvitationAccept,
@@ -51,7 +52,7 @@ def _member(user, membership) -> MemberRead:
 
 
 @router.post("/tenants", status_code=status.HTTP_201_CREATED, response_model=TenantCreated, tags=["tenants"])
-def create_tenant(body: TenantCreate, caller: InternalAdmin, session: DbSession, meta: Meta) -> TenantCreated:
+def create_tenant(body: TenantCreate, caller: InternalAdmin, session: DbSession, meta: Meta, _: Idempotent) -> TenantCreated:
     """Vendor staff create a tenant; the answer carries the first customer_admin's invitation."""
     tenant, token = service.create_tenant(session, principal=caller, meta=meta, name=body.name, slug=body.slug,
                                           admin_email=body.admin_email)
@@ -86,7 +87,7 @@ def remove_member(user_id: uuid.UUID, scope: TenantAdmin) -> None:
 
 
 @router.post("/tenants/{tenant_id}/invitations", status_code=status.HTTP_201_CREATED, response_model=InvitationCreated, tags=["invitations"])
-def create_invitation(body: InvitationCreate, scope: TenantMember) -> InvitationCreated:
+def create_invitation(body: InvitationCreate, scope: TenantMember, _: Idempotent) -> InvitationCreated:
     token = service.create_invitation(scope, email=body.email, tenant_role=body.tenant_role,
                                       workspace_id=body.workspace_id, workspace_role=body.workspace_role)
     return InvitationCreated(token=token)
@@ -111,7 +112,7 @@ def accept_invitation(
 
 @router.post("/tenants/{tenant_id}/vendor-access-requests", status_code=status.HTTP_201_CREATED,
              response_model=VendorAccessGrantRead, tags=["vendor access"])
-def request_vendor_access(body: VendorAccessRequest, scope: VendorStaff) -> VendorAccessGrantRead:
+def request_vendor_access(body: VendorAccessRequest, scope: VendorStaff, _: Idempotent) -> VendorAccessGrantRead:
     """Vendor staff ask for time-boxed access (metadata, audit trail, or one workspace's content, read-only)."""
     return VendorAccessGrantRead.model_validate(service.request_vendor_access(
         scope, reason=body.reason, grant_scope=body.scope.value, workspace_id=body.workspace_id, hours=body.hours))
@@ -148,7 +149,7 @@ def list_workspaces(scope: TenantMemberOrVendor) -> list[WorkspaceRead]:
 
 
 @router.post("/tenants/{tenant_id}/workspaces", status_code=status.HTTP_201_CREATED, response_model=WorkspaceRead, tags=["workspaces"])
-def create_workspace(body: WorkspaceCreate, scope: TenantAdmin) -> WorkspaceRead:
+def create_workspace(body: WorkspaceCreate, scope: TenantAdmin, _: Idempotent) -> WorkspaceRead:
     return WorkspaceRead.model_validate(service.create_workspace(scope, name=body.name, slug=body.slug))
 
 

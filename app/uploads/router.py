@@ -11,6 +11,7 @@ member of the workspace with the right role, so a non-member learns nothing but 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 import uuid
@@ -21,9 +22,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app import idempotency
 from app.audit.service import Category, record_detached
+from app.auth.dependencies import Caller
 from app.authz.dependencies import WorkspaceViewer, WorkspaceWriter
 from app.authz.scope import WorkspaceScope
+from app.db.dependencies import DbSession
 from app.edge.http import register_body_limit
 from app.uploads import service
 from app.uploads.inspect import ALLOWED, Purpose, RawUpload, UploadRefused, max_bytes, too_large
@@ -187,6 +191,16 @@ async def receive_upload(request: Request, purpose: Annotated[Purpose, Query()])
 ReceivedUpload = Annotated[RawUpload, Depends(receive_upload)]
 
 
+async def idempotent_upload(request: Request, session: DbSession, caller: Caller, upload: ReceivedUpload,
+                            idempotency_key: idempotency.KeyHeader = None) -> None:
+    """`Idempotency-Key` for an upload: the same file (name, declared type, content) is the same request."""
+    body = [(upload.filename or "").encode(), (upload.declared_type or "").encode(), hashlib.sha256(upload.data).digest()]
+    await idempotency.claim(request, session, caller, idempotency_key, body)
+
+
+IdempotentUpload = Annotated[None, Depends(idempotent_upload)]
+
+
 def _record_refusal(request: Request, scope: WorkspaceScope, purpose: Purpose, exc: UploadRefused) -> None:
     # The request's transaction rolls back with the refusal, so this goes in one of its own. No
     # chain lock is held by the request at this point: nothing was audited in it yet.
@@ -219,7 +233,8 @@ def list_files(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=FileRead, openapi_extra=_MULTIPART_BODY)
-def upload_file(request: Request, purpose: Annotated[Purpose, Query()], upload: ReceivedUpload, scope: WorkspaceWriter) -> FileRead:
+def upload_file(request: Request, purpose: Annotated[Purpose, Query()], upload: ReceivedUpload, scope: WorkspaceWriter,
+                _: IdempotentUpload) -> FileRead:
     """One file in the multipart field `file`. Knowledge files need member or above; brand assets admin or above.
 
     Stored only when the extension, the declared Content-Type and the content agree on a type the
