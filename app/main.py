@@ -14,7 +14,7 @@ from app import alerts, idempotency, problems
 from app.audit import service as audit
 from app.audit.router import router as audit_router
 from app.audit.signins import SignInFailures
-from app.auth.dependencies import get_principal
+from app.auth.dependencies import authenticate, get_principal
 from app.auth.oidc import TokenVerifier
 from app.authz import denials
 from app.config import Mode, Settings, get_settings
@@ -160,5 +160,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     edge_http.install(app, settings)
     idempotency.install(app)
-    ratelimit.install(app, settings)
+    ratelimit.install(app, settings, authenticate=authenticate)
     return app

@@ -16,11 +16,13 @@ from app.errors import Forbidden, Unauthenticated
 _bearer = HTTPBearer(auto_error=False, description="An OIDC access token (JWT) from a configured issuer.")
 
 
-def get_principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+def authenticate(request: Request, token: str | None) -> Principal:
+    """The principal of a bearer token; a missing or unusable one is recorded as a failed sign-in
+    (never the token itself) and raised as `Unauthenticated`, the same whatever the reason."""
     try:
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        if token is None:
             raise Unauthenticated("missing")
-        principal = request.app.state.verifier.verify(credentials.credentials)
+        return request.app.state.verifier.verify(token)
     except VendorRoleRefused as exc:
         # A validly signed token claiming vendor staff from an issuer not trusted for it: who it named
         # is worth keeping (the issuer vouched for the subject, not for the role).
@@ -28,9 +30,14 @@ def get_principal(request: Request, credentials: Annotated[HTTPAuthorizationCred
                               actor=Actor(issuer=exc.issuer, subject=exc.subject, user_id=None, role="authenticated"))
         raise Unauthenticated() from None
     except Unauthenticated as exc:
-        # Recorded (never the token itself) so repeated failures per address raise an alert.
+        # Recorded so repeated failures per address raise an alert.
         record_failed_sign_in(request, action="token.missing" if exc.detail == "missing" else "token.rejected")
         raise Unauthenticated() from None
+
+
+def get_principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    token = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else None
+    principal = authenticate(request, token)
     request.state.principal = principal
     return principal
 

@@ -72,9 +72,11 @@ Design notes
   counted; refused hits never are) until the exact retry time. Only failures are ever refused
   (issue 15): a request whose token verifies goes through whatever its address or claimed subject
   did, so a whole office behind one NAT address keeps working while someone there (or someone
-  claiming a colleague's subject) fails sign-ins. The price: a failing attempt over the limit is
-  verified before it is refused (a signature check; unknown key ids trigger at most one JWKS
-  refresh per cooldown). Failures are still counted while the store is unreachable, in this
+  claiming a colleague's subject) fails sign-ins. So a request over either limit has its token
+  verified by the middleware, before routing (the `authenticate` given to `install()`, the same
+  check and failure record as `get_principal`): a failing one gets its 429 there, for the price of
+  a signature check (unknown key ids trigger at most one JWKS refresh per cooldown); a valid one
+  goes on and is verified again by the route. Failures are still counted while the store is unreachable, in this
   process (`MemoryStore`), so each replica then enforces the limit on its own; the audit trail
   buffers them too (`app.audit.signins`). Health probes are exempt.
 - Responses: a 429 is problem+json with `Retry-After`; every limited response (429, 401 and
@@ -571,16 +573,33 @@ class RateLimiter:
         whether to refuse it (429): when the address or the claimed subject is over its limit
         (local knowledge, exact until the retry time; not counted). Otherwise it is counted against
         both (always: it was evaluated; in-process when the store is unreachable)."""
-        buckets = [(AUTH_FAILURE, Identity("ip", ip_key(address), f"ip:{ip_key(address)}"))]
-        if claimed_subject:
-            buckets.append((AUTH_FAILURE_SUBJECT, Identity("subject", claimed_subject, f"subject:{_digest(claimed_subject)}")))
-        for name, identity in buckets:
+        refusal = self.sign_in_refusal(address, claimed_subject)
+        if refusal is not None:
+            return refusal, True
+        decisions = [self._hit(name, self.bucket(name, identity), force=True)
+                     for name, identity in self._sign_in_buckets(address, claimed_subject)]
+        return min(decisions, key=lambda d: d.remaining), False
+
+    def refusing(self) -> bool:
+        """Whether any bucket is known to be over its limit here (cheap: ask it before anything costly)."""
+        return bool(len(self._blocked))
+
+    def sign_in_refusal(self, address: str | None, claimed_subject: str | None) -> Decision | None:
+        """The refusal for a failing attempt from `address` claiming `claimed_subject`, while either
+        is over its failed-sign-in limit (local knowledge, no I/O)."""
+        for name, identity in self._sign_in_buckets(address, claimed_subject):
             refusal = self._cached(self.bucket(name, identity))
             if refusal is not None:
                 self._saturation.refused(identity.alert_key, {"class": name})
-                return refusal, True
-        decisions = [self._hit(name, self.bucket(name, identity), force=True) for name, identity in buckets]
-        return min(decisions, key=lambda d: d.remaining), False
+                return refusal
+        return None
+
+    @staticmethod
+    def _sign_in_buckets(address: str | None, claimed_subject: str | None) -> list[tuple[str, Identity]]:
+        buckets = [(AUTH_FAILURE, Identity("ip", ip_key(address), f"ip:{ip_key(address)}"))]
+        if claimed_subject:
+            buckets.append((AUTH_FAILURE_SUBJECT, Identity("subject", claimed_subject, f"subject:{_digest(claimed_subject)}")))
+        return buckets
 
     # -- internals --
 
@@ -687,13 +706,30 @@ def claimed_subject(request: Request) -> str | None:
     return f"{issuer}|{subject}"
 
 
+# Verifies a request's bearer token (None: there is none), recording a failure; raises on failure.
+Authenticate = Callable[[Request, str | None], Any]
+
+
 class RateLimitMiddleware:
     """Refuses repeats of a verified token's refusal on the same method and path before anything
     else runs; counts every 401 per address and per claimed subject, answering 429 instead once
-    either is over its limit; and puts the RateLimit-* headers on every limited response."""
+    either is over its limit; and puts the RateLimit-* headers on every limited response.
+
+    A request from an address (or claiming a subject) over its failed-sign-in limit has its token
+    verified here, before routing (`authenticate`, given to `install()`): a failing one is answered
+    429 at once (its failure recorded as any other), so a flood of bad tokens costs a signature
+    check each, not a trip through the whole app; a valid one goes on as usual."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    @staticmethod
+    def _verifies(authenticate: Authenticate, request: Request) -> bool:
+        try:
+            authenticate(request, bearer_token(request))
+        except Exception:  # Unauthenticated: recorded by `authenticate`
+            return False
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").startswith("/health/"):
@@ -702,6 +738,11 @@ class RateLimitMiddleware:
         limiter = limiter_of(scope["app"])
         request = Request(scope)
         blocked = limiter.token_refused(scope["method"], scope["path"], request)
+        if blocked is None and limiter.refusing():
+            blocked = limiter.sign_in_refusal(request_meta(request).client_ip, claimed_subject(request))
+            authenticate: Authenticate | None = getattr(scope["app"].state, "rate_limit_authenticate", None)
+            if blocked is not None and (authenticate is None or await run_in_threadpool(self._verifies, authenticate, request)):
+                blocked = None  # a valid token is never refused for failures; without a verifier, the app decides
         if blocked is not None:
             await _refusal(blocked)(scope, receive, send)
             return
@@ -758,6 +799,7 @@ def install(
     *,
     store: Store | None = None,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    authenticate: Authenticate | None = None,
 ) -> RateLimiter:
     """Put the limiter on `app.state`, add the middleware and the 429/503 handlers.
 
@@ -770,6 +812,8 @@ def install(
         raise RuntimeError("install() must run before the app serves its first request")
     limiter = RateLimiter(settings, store=store or PostgresStore(lambda: app.state.engine), window_seconds=window_seconds)
     app.state.rate_limiter = limiter
+    if authenticate is not None:
+        app.state.rate_limit_authenticate = authenticate
     if getattr(app.state, "rate_limit_installed", False):
         return limiter
     app.state.rate_limit_installed = True
