@@ -8,8 +8,8 @@ way it answers itself, 400 in plain text (the app never sees the request, so it 
 with a problem document). A connection idle between requests is closed after
 `timeout_keep_alive`; more than `limit_concurrency` connections and requests in flight get 503.
 Not bounded here: how slowly a client may send one request's headers (uvicorn has no header
-timeout); the front end does that (nginx `client_header_timeout`, Cloudflare and Container Apps'
-ingress on Azure).
+timeout); the front end does that (nginx's `client_header_timeout` on-prem; on Azure, where the
+API has no ingress and its only client is the cloudflared sidecar, Cloudflare's edge).
 """
 
 from __future__ import annotations

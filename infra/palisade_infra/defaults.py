@@ -45,6 +45,15 @@ OPTIONAL_APP_SECRETS = (SENTRY_DSN, ALERT_WEBHOOK_SECRET)
 # Stack config keys whose values go to the vault under these names.
 SECRET_CONFIG_KEYS = {"sentryDsn": SENTRY_DSN, "alertWebhookSecret": ALERT_WEBHOOK_SECRET}
 
+# Keep-alive between the cloudflared sidecar and the API on the replica's loopback (the API has no
+# other client: no ingress). The API closes a connection idle for PALISADE_KEEP_ALIVE_SECONDS (its
+# own default, passed explicitly so the two stay in step); cloudflared keeps idle connections to
+# its origin for originRequest.keepAliveTimeout, 90 s unless set (Cloudflare's tunnel configuration
+# API). Set shorter than the API's, so the sidecar never sends a request on a connection the API is
+# closing, which the visitor would get as a 502.
+APP_KEEP_ALIVE_SECONDS = 5
+TUNNEL_ORIGIN_KEEP_ALIVE_SECONDS = 4
+
 # Cloudflare's managed WAF rulesets (the same ids in every zone).
 CLOUDFLARE_MANAGED_RULESET = "efb7b8c949ac4650a09736fc376e9aee"
 CLOUDFLARE_OWASP_RULESET = "4814384a9e5d4991b9815dcfc25d2f1f"

@@ -214,7 +214,11 @@ class Edge(pulumi.ComponentResource):
             config=cloudflare.ZeroTrustTunnelCloudflaredConfigConfigArgs(
                 ingresses=[
                     cloudflare.ZeroTrustTunnelCloudflaredConfigConfigIngressArgs(
-                        hostname=args.domain, service=f"http://localhost:{args.port}"
+                        hostname=args.domain, service=f"http://localhost:{args.port}",
+                        # Idle connections to the API end here before the API ends them (defaults.py).
+                        origin_request=cloudflare.ZeroTrustTunnelCloudflaredConfigConfigIngressOriginRequestArgs(
+                            keep_alive_timeout=defaults.TUNNEL_ORIGIN_KEEP_ALIVE_SECONDS,
+                        ),
                     ),
                     cloudflare.ZeroTrustTunnelCloudflaredConfigConfigIngressArgs(service="http_status:404"),
                 ]

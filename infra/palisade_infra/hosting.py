@@ -24,6 +24,7 @@ import pulumi
 import pulumi_azure_native.app as app
 import pulumi_azure_native.monitor as monitor
 
+from . import defaults
 from .config import Issuer
 from .migration import MigrationRun
 from .options import children_of
@@ -223,6 +224,8 @@ class AppHosting(pulumi.ComponentResource):
             # (CF-Connecting-IP) and the scheme the visitor used.
             "PALISADE_CLOUDFLARE_RANGES": "127.0.0.1/32",
             "PALISADE_TURNSTILE_EXPECTED_HOSTNAME": args.domain,
+            # Longer than the sidecar's idle keep-alive toward it (defaults.py).
+            "PALISADE_KEEP_ALIVE_SECONDS": str(defaults.APP_KEEP_ALIVE_SECONDS),
             "OTEL_SERVICE_NAME": "palisade",
             "OTEL_RESOURCE_ATTRIBUTES": f"deployment.environment={args.stack},service.namespace={args.prefix}",
             "OTEL_TRACES_EXPORTER": "otlp",

@@ -17,6 +17,8 @@ from testhost import HOSTNAME, TestHost
 
 ISSUER = "https://idp.palisade-test.invalid/realms/palisade"
 SERVER_NAME = "palisade-test.example"
+PROXY_CLIENT_TIMEOUT_SECONDS = 2
+PROXY_KEEPALIVE_TIMEOUT_SECONDS = 2
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"
                    r"failed=(?P<failed>\d+)", re.M)
 
@@ -88,6 +90,10 @@ class Lab:
             "palisade_issuers": [{"issuer": ISSUER, "audience": "palisade"}],
             "palisade_settings": {"CORS_ALLOW_ORIGINS": f"https://{SERVER_NAME}"},
             "proxy_server_names": [SERVER_NAME],
+            # Short, so the converge test sees a silent client and an idle connection dropped quickly.
+            "proxy_client_header_timeout_seconds": PROXY_CLIENT_TIMEOUT_SECONDS,
+            "proxy_client_body_timeout_seconds": PROXY_CLIENT_TIMEOUT_SECONDS,
+            "proxy_keepalive_timeout_seconds": PROXY_KEEPALIVE_TIMEOUT_SECONDS,
         }
         (group_vars / "zz-site.yml").write_text(yaml.safe_dump(site, sort_keys=False))
         vault = {
@@ -102,7 +108,7 @@ class Lab:
                         str(group_vars / "vault.yml")], check=True, env=self.env, capture_output=True, timeout=60)
 
     def playbook(self, playbook: str, *extra: str, timeout: float = 1200) -> PlaybookRun:
-        log = self.workdir / f"{len(self.runs) + 1:02d}-{playbook.replace('.yml', '')}.log"
+        log = self.workdir / f"{len(self.runs) + 1:02d}-{Path(playbook).stem}.log"
         cmd = [str(ops_bin() / "ansible-playbook"), "-i", str(self.inventory / "hosts.yml"),
                "--vault-password-file", str(self.vault_password_file), playbook, *extra]
         started = time.monotonic()

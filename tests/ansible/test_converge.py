@@ -10,6 +10,7 @@ fails (never skips) when it cannot.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import socket
@@ -17,7 +18,8 @@ import ssl
 import time
 
 import pytest
-from conftest import TIMINGS
+import yaml
+from conftest import ANSIBLE_DIR, TIMINGS
 from site_lab import ISSUER, PROBE_COMMENT, SERVER_NAME, Lab, source_copy
 from testhost import booted_host
 
@@ -69,6 +71,54 @@ def _parse_http(data: bytes) -> tuple[int, dict[str, list[str]], str]:
         name, _, value = line.partition(":")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
     return int(lines[0].split()[1]), headers, body.decode(errors="replace")
+
+
+def _tls_connection(lab: Lab, *, timeout: float = 15) -> ssl.SSLSocket:
+    """A TLS 1.3 connection to the test host's nginx, its certificate verified for SERVER_NAME."""
+    cert = lab.host.ssh("sudo cat /etc/nginx/tls/server.crt").stdout
+    context = ssl.create_default_context(cadata=cert)
+    raw = socket.create_connection((lab.host.ip, 443), timeout=timeout)
+    return context.wrap_socket(raw, server_hostname=SERVER_NAME)
+
+
+def _read_response(conn: socket.socket) -> tuple[int, dict[str, list[str]], str]:
+    """One HTTP/1.1 response, read to the end of its Content-Length (the connection may stay open)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"the connection closed before a whole response arrived: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head)[1])
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, "the connection closed in the middle of the body"
+        body += chunk
+    return _parse_http(head + b"\r\n\r\n" + body)
+
+
+def _https_request(lab: Lab, raw: bytes) -> tuple[int, dict[str, list[str]], str]:
+    with _tls_connection(lab) as conn:
+        conn.sendall(raw)
+        return _read_response(conn)
+
+
+def _closed_by_server(conn: socket.socket) -> bytes:
+    """Wait for the server to close the connection; returns what it sent first (a socket timeout,
+    far beyond the configured limit, means it was never closed, and fails the test)."""
+    received = b""
+    try:
+        while chunk := conn.recv(65536):
+            received += chunk
+    except ConnectionResetError:  # reset_timedout_connection: an RST rather than a FIN
+        pass
+    except TimeoutError:
+        pytest.fail(f"nginx kept the connection open for {conn.gettimeout()} s (it sent {received!r})")
+    return received
+
+
+def _proxy_defaults() -> dict:
+    return yaml.safe_load((ANSIBLE_DIR / "roles/proxy/defaults/main.yml").read_text())
 
 
 def _current_release(lab: Lab) -> str:
@@ -143,6 +193,98 @@ def test_proxy_overwrites_forwarding_headers_for_the_trusted_proxy_rule(lab):
     assert "proxy_add_x_forwarded_for" not in config
     settings = lab.host.ssh("sudo cat /etc/palisade/palisade.env").stdout
     assert "PALISADE_TRUSTED_PROXIES='127.0.0.1/32'" in settings
+
+
+def _assert_problem(status: int, headers: dict[str, list[str]], body: str, expected: int) -> dict:
+    assert status == expected, (status, headers, body)
+    assert headers["content-type"] == ["application/problem+json"]
+    problem = json.loads(body)
+    assert problem["status"] == expected and problem["type"] == "about:blank"
+    assert problem["title"] and problem["detail"]
+    assert "nginx" not in body.lower()
+    assert headers.get("server", ["nginx"]) == ["nginx"]  # server_tokens off: no version
+    return problem
+
+
+# The per-answer headers of the app's own answer; every other header it sends must be on nginx's
+# refusals too, with the same value (the security headers, HSTS, Cache-Control...).
+_PER_ANSWER = {"date", "server", "content-type", "content-length", "connection", "keep-alive", "vary",
+               "x-correlation-id", "transfer-encoding"}
+
+
+def test_nginx_refusals_are_problem_documents_with_the_apps_security_headers(lab):
+    """Oversized header line (431), header block over the total bound (431), too many header fields
+    (431), a request line too long (414), a malformed request (400) and a body over the cap (413):
+    each refused by nginx itself (the single header, the many small ones and the URI are well under
+    the app's own 16 KiB, so the app would have taken them) with an RFC 9457 document and the same
+    security headers as the app's answers."""
+    defaults = _proxy_defaults()
+    line_max = defaults["proxy_large_client_header_buffers_size"]
+    total_max = defaults["proxy_client_header_buffer_size"] + defaults["proxy_large_client_header_buffers_number"] * line_max
+    host = f"Host: {SERVER_NAME}\r\nConnection: close\r\n"
+
+    _, app_status, app_headers, _ = _https_get(lab, "/health/ready")
+    assert app_status == 200
+    shared = {name: values for name, values in app_headers.items()
+              if name not in _PER_ANSWER and not name.startswith("ratelimit")}
+    assert {"content-security-policy", "strict-transport-security", "x-content-type-options", "permissions-policy",
+            "cache-control"} <= shared.keys()
+
+    big_header = f"GET /health/live HTTP/1.1\r\n{host}X-Filler: {'a' * (line_max + 1000)}\r\n\r\n"
+    many_headers = f"GET /health/live HTTP/1.1\r\n{host}" + "".join(
+        f"X-Filler-{i}: {'b' * 500}\r\n" for i in range(total_max // 500 + 4)) + "\r\n"
+    too_many_headers = f"GET /health/live HTTP/1.1\r\n{host}" + "".join(
+        f"X-N-{i}: v\r\n" for i in range(defaults["proxy_max_headers"] + 1)) + "\r\n"
+    long_uri = f"GET /health/live?{'c' * (line_max + 1000)} HTTP/1.1\r\n{host}\r\n"
+    malformed = f"GET /health/live HTTP/1.1\r\n{host}No colon here\r\n\r\n"
+    too_big_body = f"POST /api/v1/invitations/accept HTTP/1.1\r\n{host}Content-Length: 100000000\r\n\r\n"
+    assert max(len(big_header), len(too_many_headers), len(long_uri)) < 16 * 1024  # the app would accept these
+    for raw, expected in ((big_header, 431), (many_headers, 431), (too_many_headers, 431), (long_uri, 414),
+                          (malformed, 400), (too_big_body, 413)):
+        status, headers, body = _https_request(lab, raw.encode())
+        _assert_problem(status, headers, body, expected)
+        for name, values in shared.items():
+            assert headers.get(name) == values, f"{expected}: {name} is {headers.get(name)}, the app sends {values}"
+
+
+def test_nginx_drops_a_silent_or_slow_client_without_an_answer(lab):
+    """A connection that never starts TLS, one that sends half its headers then stalls, a plain HTTP
+    one that sends nothing (client_header_timeout), and one whose body stalls (client_body_timeout;
+    both 2 s in this inventory) are closed by nginx with nothing sent back."""
+    with socket.create_connection((lab.host.ip, 443), timeout=20) as silent:
+        assert _closed_by_server(silent) == b""
+    with _tls_connection(lab, timeout=20) as slow:
+        slow.sendall(f"GET /health/live HTTP/1.1\r\nHost: {SERVER_NAME}\r\n".encode())
+        assert _closed_by_server(slow) == b""
+    with socket.create_connection((lab.host.ip, 80), timeout=20) as silent_http:
+        assert _closed_by_server(silent_http) == b""
+    with _tls_connection(lab, timeout=20) as stalled_body:
+        stalled_body.sendall(f"POST /api/v1/invitations/accept HTTP/1.1\r\nHost: {SERVER_NAME}\r\n"
+                             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+        assert _closed_by_server(stalled_body) == b""
+
+
+def test_nginx_closes_an_idle_keep_alive_connection(lab):
+    """The connection serves two requests in a row (keep-alive works), then, left idle, nginx closes
+    it (keepalive_timeout, 2 s in this inventory)."""
+    with _tls_connection(lab, timeout=20) as conn:
+        for _ in range(2):
+            conn.sendall(f"GET /health/live HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n".encode())
+            status, headers, _ = _read_response(conn)
+            assert status == 200 and headers.get("connection") != ["close"]
+        assert _closed_by_server(conn) == b""
+
+
+def test_proxy_role_refuses_header_buffers_the_app_would_not_accept(lab):
+    """Header buffers that would let through more than the app's own PALISADE_MAX_HEADER_BYTES are
+    refused before anything changes (the app, not nginx, would then refuse, in plain text)."""
+    playbook = lab.workdir / "proxy-only.yml"
+    playbook.write_text(yaml.safe_dump([{"name": "The proxy role alone", "hosts": "palisade", "become": True,
+                                         "roles": [{"role": str(ANSIBLE_DIR / "roles/proxy")}]}]))
+    run = lab.playbook(str(playbook), "-e", json.dumps({"proxy_large_client_header_buffers_size": 16384}))
+    assert run.returncode != 0
+    assert "Check the connection bounds" in run.output and "under the app's" in run.output
+    assert all(stats["changed"] == 0 for stats in run.recap.values())
 
 
 def test_doctor_passes_on_the_host(lab):

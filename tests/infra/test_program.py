@@ -364,9 +364,17 @@ class TestEdge:
         config = example.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig").inputs
         assert config["tunnelId"] == TUNNEL_ID
         assert config["config"]["ingresses"] == [
-            {"hostname": "palisade.example.com", "service": "http://localhost:8000"},
+            {"hostname": "palisade.example.com", "service": "http://localhost:8000",
+             "originRequest": {"keepAliveTimeout": defaults.TUNNEL_ORIGIN_KEEP_ALIVE_SECONDS}},
             {"service": "http_status:404"},
         ]
+
+    def test_the_sidecar_drops_an_idle_connection_before_the_api_does(self, example):
+        # Otherwise cloudflared may send a request on a connection the API is closing: a 502.
+        config = example.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig").inputs
+        sidecar_idle = config["config"]["ingresses"][0]["originRequest"]["keepAliveTimeout"]
+        api = example.one(CONTAINER_APP).inputs["template"]["containers"][0]
+        assert 0 < sidecar_idle < int(env_of(api)["PALISADE_KEEP_ALIVE_SECONDS"]["value"])
 
     def test_tls_1_3_for_the_app_host_name_and_nothing_zone_wide_by_default(self, example, zone_managed):
         (tls,) = [r.inputs for r in example.of_type("cloudflare:index/hostnameTlsSetting:HostnameTlsSetting")]
