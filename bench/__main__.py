@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.kit import RESULTS, SCALES, BenchServer, Context, Row, Section, machine
 
-MODULES = ("rls", "roundtrips", "http", "audit", "noisy", "doctor")
+MODULES = ("rls", "roundtrips", "http", "audit", "noisy", "hostile", "doctor")
 
 
 def _module(name: str) -> ModuleType:
