@@ -11,7 +11,7 @@ pinned to one core, `bench.serve`; the clients on the other core):
    for tenant B's `GET …/documents` (the read the victim sends). Bodies, each just under the body
    cap (`max_body_bytes`, 1 MiB) and sent as `application/json`: `BODIES` below — invented keys
    (the finding), and known-field errors: the one field `token` (a string of at most 200
-   characters) given as a long string, as long lists of empty lists, objects or numbers, or as
+   characters) given as a long string (plain, or all escapes), as long lists of empty lists, objects or numbers, or as
    deep nesting. No request model takes a list or an object, so one error is the most any of
    them can earn per field; what such a body costs is its JSON parse (FastAPI parses a body
    before any dependency runs: authentication, the rate limit, membership).
@@ -51,6 +51,7 @@ from bench.harness import (
     describe_profile,
     identities,
     in_workdir,
+    machine_busy_seconds,
     open_loop,
     py_spy,
     secured_settings,
@@ -94,6 +95,7 @@ BODIES: dict[str, Callable[[int], str]] = {
     "token: list of empty objects": lambda cap: _fill('{"token":[', "{}", "]}", cap),
     "token: list of numbers": lambda cap: _fill('{"token":[', "0", "]}", cap),
     "token: one long string": lambda cap: '{"token":"' + "x" * (cap - 12) + '"}',
+    "token: one string of escapes": lambda cap: '{"token":"' + "\\n" * ((cap - 12) // 2) + '"}',
     "token: deep nesting": lambda cap: '{"token":' + "[" * ((cap - 10) // 2) + "]" * ((cap - 10) // 2) + "}",
 }
 KEYS = "invented keys"
@@ -199,6 +201,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
         windows: dict[str, list[tuple[float, float]]] = {s: [] for s in states}
         neighbour_samples: dict[str, list[list[float]]] = {s: [] for s in states}
         cpu = {s: 0.0 for s in states}
+        busy = {s: 0.0 for s in states}
         profile = None
         victim_requests = [(p, victim.headers()) for p in victim.paths()]
         with app_servers({"instance": {"kind": "secured", "application_name": name, "settings": settings}}, workdir,
@@ -211,7 +214,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
                 time.sleep(min(2.0, window))  # the victim's client settles (connections opened)
                 for r in range(scale.rounds):
                     for i, (state, body) in enumerate(states.items()):
-                        began, cpu0 = time.monotonic(), server.cpu_seconds()
+                        began, cpu0, busy0 = time.monotonic(), server.cpu_seconds(), machine_busy_seconds()
                         if body is None:
                             time.sleep(window)
                         else:
@@ -220,6 +223,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
                                 neighbour_samples[state] += n.result()["samples"]
                         windows[state].append((began, time.monotonic()))
                         cpu[state] += server.cpu_seconds() - cpu0
+                        busy[state] += machine_busy_seconds() - busy0
                 v = victim_client.result(stop=True)
             quiet_p99 = _summary(_within(v["samples"], windows["quiet"]))["p99_ms"]
             loaded_p99 = max(_summary(_within(v["samples"], w))["p99_ms"] for s, w in windows.items() if s != "quiet")
@@ -239,15 +243,16 @@ def _run(ctx: Context, workdir: Path) -> Section:
     victim_by_state = {s: _summary(_within(v["samples"], w)) for s, w in windows.items()}
     neighbour_by_state = {s: _summary(samples) for s, samples in neighbour_samples.items() if states[s] is not None}
     server_cpu = {s: cpu[s] / seconds[s] for s in states}
+    machine = {s: busy[s] / seconds[s] for s in states}
     section.artifacts.update(
         costs=costs, costliest_other=worst, victim=victim_by_state, neighbour=neighbour_by_state, seconds=seconds,
-        server_cpu=server_cpu, refused=refused, profile=profile, victim_rate=VICTIM_RATE,
+        server_cpu=server_cpu, machine_busy_cores=machine, refused=refused, profile=profile, victim_rate=VICTIM_RATE,
         neighbour_rate_per_minute=NEIGHBOUR_SHARE * NEIGHBOUR_LIMIT, neighbour_limit_per_minute=NEIGHBOUR_LIMIT,
         cores={"app_server": app_core, "load_generators": load_core},
         client={"victim_lag_p99_ms": v["client_lag_p99_ms"], "victim_errors": v["error_kinds"]},
     )
-    _rows(section, states, costs, victim_by_state, neighbour_by_state, server_cpu, seconds, refused, profile, scale.rounds,
-          window)
+    _rows(section, states, costs, victim_by_state, neighbour_by_state, server_cpu, machine, seconds, refused, profile,
+          scale.rounds, window)
     return section
 
 
@@ -258,7 +263,8 @@ def _max_body_bytes(settings: dict[str, Any]) -> int:
 
 
 def _rows(section: Section, states: dict[str, str | None], costs: dict[str, Any], victim: dict[str, dict[str, Any]],
-          neighbour: dict[str, dict[str, Any]], server_cpu: dict[str, float], seconds: dict[str, float],
+          neighbour: dict[str, dict[str, Any]], server_cpu: dict[str, float], machine: dict[str, float],
+          seconds: dict[str, float],
           refused: dict[str, Any], profile: dict[str, Any] | None, rounds: int, window: float) -> None:
     quiet = victim["quiet"]
     setup = (f"tenant B: GET documents, Poisson {VICTIM_RATE:.0f}/s; tenant A's member: POST /invitations/accept, "
@@ -271,7 +277,8 @@ def _rows(section: Section, states: dict[str, str | None], costs: dict[str, Any]
         ratio = loaded["p99_ms"] / quiet["p99_ms"]
         n = neighbour[state]
         note = (f"{setup}; neighbour sent {n['requests']} ({n['statuses']}), each {costs[body]['cpu_ms']:.1f} ms of server "
-                f"CPU; server busy {server_cpu[state]:.0%} vs {server_cpu['quiet']:.0%} of its core quiet; victim "
+                f"CPU; server busy {server_cpu[state]:.0%} vs {server_cpu['quiet']:.0%} of its core quiet, the whole machine "
+                f"{machine[state]:.2f} vs {machine['quiet']:.2f} cores (other processes included); victim "
                 f"{loaded['requests']} vs {quiet['requests']} requests, statuses {loaded['statuses']}")
         if ratio > TARGET:
             note += "; MISSED: " + describe_profile(profile, costs[body]["cpu_ms"])
