@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from starlette.responses import Response
 
+from app.edge.bodies import BodyShapeMiddleware
 from app.edge.http import (
     API_CSP,
     BodyLimitMiddleware,
@@ -360,7 +361,9 @@ class TestInstallation:
     def test_layers_sit_in_the_designed_order(self, database, idp):
         settings = settings_for(database, idp)
         app = create_app(settings)  # create_app installs the edge last: inside the correlation id
-        assert [m.cls for m in app.user_middleware][-3:] == [CorsMiddleware, ParameterPollutionMiddleware, BodyLimitMiddleware]
+        # The body-shape check is innermost: inside the body cap (app/edge/bodies.py).
+        assert [m.cls for m in app.user_middleware][-4:] == [CorsMiddleware, ParameterPollutionMiddleware, BodyLimitMiddleware,
+                                                             BodyShapeMiddleware]
 
         class RateLimitSlot:
             def __init__(self, app, **options):
@@ -370,7 +373,8 @@ class TestInstallation:
                 await self.app(scope, receive, send)
 
         add_inner_middleware(app, RateLimitSlot)
-        assert [m.cls for m in app.user_middleware][-3:] == [ParameterPollutionMiddleware, RateLimitSlot, BodyLimitMiddleware]
+        assert [m.cls for m in app.user_middleware][-4:] == [ParameterPollutionMiddleware, RateLimitSlot, BodyLimitMiddleware,
+                                                             BodyShapeMiddleware]
         with pytest.raises(RuntimeError):
             install(app, settings)  # once only
         with TestClient(app) as c:
