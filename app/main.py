@@ -23,8 +23,8 @@ from app.crypto import datakeys
 from app.crypto.kek import key_wrapper_from_settings
 from app.db import entra
 from app.db.session import make_engine, make_session_factory
+from app.edge import bodies, ratelimit
 from app.edge import http as edge_http
-from app.edge import ratelimit
 from app.edge.turnstile import TurnstileVerifier
 from app.knowledge.router import router as knowledge_router
 from app.observability import http as observability_http
@@ -161,4 +161,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     edge_http.install(app, settings)
     idempotency.install(app)
     ratelimit.install(app, settings, authenticate=authenticate)
+    bodies.install(app)  # innermost: a body no route could accept is refused before it is parsed
     return app

@@ -382,9 +382,10 @@ class OpenLoop:
 
 
 @contextmanager
-def open_loop(server: AppServer, name: str, requests: list[tuple[str, dict[str, str]]], *, rate: float, seconds: float,
+def open_loop(server: AppServer, name: str, requests: list[tuple[Any, ...]], *, rate: float, seconds: float,
               seed: int, workdir: Path, core: int | None, max_connections: int = 64) -> Iterator[OpenLoop]:
-    """Poisson arrivals at `rate`/s for `seconds` (until stopped, if `seconds` is 0) against `server`."""
+    """Poisson arrivals at `rate`/s for `seconds` (until stopped, if `seconds` is 0) against `server`.
+    Each request is (path, headers), a GET, or (path, headers, method, body) (`bench.openloop`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec = workdir / f"{name}.spec.json"
     out = workdir / f"{name}.result.json"

@@ -5,9 +5,10 @@ arrival takes an idle keep-alive HTTP/1.1 connection (or opens one, up to `max_c
 that it waits for one, and the wait counts). Latency runs from the arrival's *scheduled* time to
 the last byte of the response, so a slow server cannot hide its slowness by slowing the arrivals
 (no coordinated omission), and a client that falls behind counts against the server too (its lag
-is reported). Runs for `seconds`, or until SIGTERM when `seconds` is 0; then waits for the
-requests in flight and writes every sample (scheduled CLOCK_MONOTONIC time, latency, status) as
-JSON. The first 429 it receives is also written, at once, to the `marker` file.
+is reported). A request is `[path, headers]` (a GET) or `[path, headers, method, body]`. Runs for
+`seconds`, or until SIGTERM when `seconds` is 0; then waits for the requests in flight and writes
+every sample (scheduled CLOCK_MONOTONIC time, latency, status) as JSON. The first 429 it receives
+is also written, at once, to the `marker` file.
 """
 
 from __future__ import annotations
@@ -27,14 +28,20 @@ _CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+def _raw(host: str, path: str, headers: dict[str, str], method: str = "GET", body: str | None = None) -> bytes:
+    """One request's bytes: `[path, headers]` is a GET; `[path, headers, method, body]` sends `body`
+    (UTF-8) with its Content-Length."""
+    data = b"" if body is None else body.encode()
+    fields = {**headers, "Content-Length": str(len(data))} if body is not None else headers
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    return head.encode() + data
+
+
 class Client:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.port = int(spec["port"])
         host = f"127.0.0.1:{self.port}"
-        self.requests = [
-            (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
-            for path, headers in spec["requests"]
-        ]
+        self.requests = [_raw(host, *request) for request in spec["requests"]]
         self.rate = float(spec["rate"])
         self.seconds = float(spec["seconds"])
         self.rng = random.Random(int(spec["seed"]))
@@ -58,6 +65,7 @@ class Client:
     async def _exchange(self, conn: Connection, raw: bytes) -> tuple[int, bool]:
         reader, writer = conn
         writer.write(raw)
+        await writer.drain()  # a large body (bench.hostile's) is written before the answer is awaited
         head = await reader.readuntil(b"\r\n\r\n")
         length = _LENGTH.search(head)
         if length is None:

@@ -69,3 +69,25 @@ class TestRoundTrips:
         assert documents and all(" + " in t for t in documents), trips
         assert not any("BEGIN" in t or "COMMIT" in t for t in trips), "a read needs no explicit transaction"
         assert section["artifacts"]["items_returned"] > 0
+
+
+class TestHostile:
+    def test_each_body_is_measured_and_the_victim_compared(self, results: dict) -> None:
+        section = _section(results, "hostile")
+        costs = section["artifacts"]["costs"]
+        assert set(costs) >= {"victim GET documents", "invented keys"}
+        for name, cost in costs.items():
+            assert cost["cpu_ms"] >= 0 and cost["response_bytes"] > 0, name
+            if name != "victim GET documents":
+                assert cost["request_bytes"] <= 1_048_576 and set(cost["statuses"]) <= {"400", "422"}, (name, cost)
+        p99 = [r for r in section["rows"] if r["metric"].startswith("tenant B p99")]
+        assert len(p99) == 2 and all(r["value"] > 0 and r["baseline"] > 0 for r in p99)
+        assert section["artifacts"]["refused"]["statuses"] == {"429": section["artifacts"]["refused"]["statuses"]["429"]}
+
+
+class TestSignIns:
+    def test_the_flood_is_refused_and_its_audit_is_batched(self, results: dict) -> None:
+        artifacts = _section(results, "signins")["artifacts"]
+        assert set(artifacts["flood"]["statuses"]) <= {"401", "429"} and artifacts["flood"]["requests"] > 0
+        assert set(artifacts["flooded"]["statuses"]) == {"200"}  # no legitimate request refused
+        assert artifacts["failures"] > 0 and 0 < artifacts["transactions"] <= artifacts["events"] <= artifacts["failures"]

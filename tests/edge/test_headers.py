@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from starlette.responses import Response
 
+from app.edge.bodies import BodyShapeMiddleware
 from app.edge.http import (
     API_CSP,
     BodyLimitMiddleware,
@@ -26,6 +27,7 @@ from app.edge.http import (
     add_inner_middleware,
     install,
 )
+from app.idempotency import IdempotencyMiddleware
 from app.main import create_app
 from tests.support.api import World, settings_for
 
@@ -360,7 +362,10 @@ class TestInstallation:
     def test_layers_sit_in_the_designed_order(self, database, idp):
         settings = settings_for(database, idp)
         app = create_app(settings)  # create_app installs the edge last: inside the correlation id
-        assert [m.cls for m in app.user_middleware][-3:] == [CorsMiddleware, ParameterPollutionMiddleware, BodyLimitMiddleware]
+        # Inside the body cap: the response store of Idempotency-Key (app/idempotency.py), then the
+        # body-shape check, innermost (app/edge/bodies.py).
+        assert [m.cls for m in app.user_middleware][-5:] == [CorsMiddleware, ParameterPollutionMiddleware, BodyLimitMiddleware,
+                                                             IdempotencyMiddleware, BodyShapeMiddleware]
 
         class RateLimitSlot:
             def __init__(self, app, **options):
@@ -370,7 +375,8 @@ class TestInstallation:
                 await self.app(scope, receive, send)
 
         add_inner_middleware(app, RateLimitSlot)
-        assert [m.cls for m in app.user_middleware][-3:] == [ParameterPollutionMiddleware, RateLimitSlot, BodyLimitMiddleware]
+        assert [m.cls for m in app.user_middleware][-5:] == [ParameterPollutionMiddleware, RateLimitSlot, BodyLimitMiddleware,
+                                                             IdempotencyMiddleware, BodyShapeMiddleware]
         with pytest.raises(RuntimeError):
             install(app, settings)  # once only
         with TestClient(app) as c:
