@@ -16,9 +16,9 @@ client's retry. With `Idempotency-Key: <16-255 visible ASCII characters, e.g. a 
   Vendor staff's tenant creations are keyed under the platform tenant. Keys expire after
   `PALISADE_IDEMPOTENCY_KEY_HOURS` (24); an expired key may be reused, for a new request.
 
-What is stored: never the key, only HMAC-SHA256 digests under a key derived from it (HKDF), and
-the response encrypted with AES-256-GCM under another key derived from it (AAD: the tenant and the
-key's digest). A reader of the table without the Idempotency-Key learns neither the response
+What is stored: never the key. HKDF-SHA256 over the key (with the tenant and caller as context)
+derives the row's id, a key for an HMAC-SHA256 of the request, and an AES-256-GCM key that seals
+the response (AAD: the tenant and the row's id). A reader of the table without the Idempotency-Key learns neither the response
 (which may hold a one-time invitation token) nor the request; that is as strong as the key the
 client chose, hence the 16-character minimum (send a random UUID).
 
@@ -120,7 +120,7 @@ class _Keys:
 
 @dataclass(frozen=True)
 class Claim:
-    """A key this request holds: stored with its response once that is sent."""
+    """A key this request holds: its response is stored before the last bytes are sent."""
 
     tenant_id: uuid.UUID
     keys: _Keys
@@ -220,8 +220,8 @@ def _store(app: FastAPI, claim: Claim, status: int, headers: dict[str, str], bod
 
 
 class IdempotencyMiddleware:
-    """Stores the response of a request that claimed a key, once it is sent (2xx only: anything
-    else rolled the claim back with the request's work)."""
+    """Stores the response of a request that claimed a key, before its last bytes are sent (2xx
+    only: anything else rolled the claim back with the request's work)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -235,18 +235,19 @@ class IdempotencyMiddleware:
 
         async def capture(message: Message) -> None:
             nonlocal status, headers
-            await send(message)
             claim: Claim | None = state.get(_STATE)
-            if claim is None:
-                return
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])
-                           if k.decode("latin-1").lower() in _REPLAYED_HEADERS}
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False) and 200 <= status < 300:
-                    await run_in_threadpool(_store, scope["app"], claim, status, headers, b"".join(chunks))
+            if claim is not None:
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])
+                               if k.decode("latin-1").lower() in _REPLAYED_HEADERS}
+                elif message["type"] == "http.response.body":
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body", False) and 200 <= status < 300:
+                        # Stored before the last bytes go out: a client that loses the connection
+                        # now finds the response on its retry.
+                        await run_in_threadpool(_store, scope["app"], claim, status, headers, b"".join(chunks))
+            await send(message)
 
         await self.app(scope, receive, capture)
 
