@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from sqlalchemy import text
 
-from app import alerts, idempotency, problems
+from app import alerts, idempotency, openapi, problems
 from app.audit import service as audit
 from app.audit.router import router as audit_router
 from app.audit.signins import SignInFailures
@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(knowledge_router)
     api.include_router(uploads_router)
     app.include_router(api)
+    openapi.install(app)  # error responses as the routes really answer them (app/openapi.py)
     edge_http.install(app, settings)
     idempotency.install(app)
     ratelimit.install(app, settings, authenticate=authenticate)
