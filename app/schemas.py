@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import typing
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -11,6 +14,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     SecretStr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,6 +45,22 @@ def _storable(value: Any) -> bool:
     return True
 
 
+def _numeric(value: int | float | str) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.cache
+def _date_time_fields(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for name, field in model.model_fields.items()
+                     if field.annotation is datetime or datetime in typing.get_args(field.annotation))
+
+
 class StrictInput(BaseModel):
     """Request bodies and query models: unknown fields are an error, not silently dropped, and no
     string may hold a NUL character (a 422 naming the field, instead of PostgreSQL's refusal)."""
@@ -60,6 +80,15 @@ class StrictInput(BaseModel):
                     {"type": "extra_forbidden", "loc": (str(key)[:64],), "input": None} for key in unknown
                 ])
         return handler(data)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _date_times_as_text(cls, value: Any, info: ValidationInfo) -> Any:
+        # A date-time is RFC 3339 text, as the schema says; pydantic alone would also take a number
+        # (or a numeric query string like `until=0.5`) as seconds since 1970.
+        if isinstance(value, (int, float, str)) and info.field_name in _date_time_fields(cls) and _numeric(value):
+            raise ValueError("must be an RFC 3339 date-time, not a number")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from app.authz.roles import TenantRole, WorkspaceRole
 from app.schemas import Email, Name, Output, Slug, StrictInput
@@ -44,6 +44,13 @@ class TenantMemberUpdate(StrictInput):
 
 
 class InvitationCreate(StrictInput):
+    # The pair rule below, in the OpenAPI document too (JSON Schema if/then/else), so clients see it.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"workspace_id": {"type": "string"}}, "required": ["workspace_id"]},
+        "then": {"properties": {"workspace_role": {"type": "string"}}, "required": ["workspace_role"]},
+        "else": {"properties": {"workspace_role": {"type": "null"}}},
+    })
+
     # Required: only a token carrying this e-mail, verified by its IdP, accepts the invitation.
     email: Email
     tenant_role: TenantRole = TenantRole.member
@@ -104,6 +111,13 @@ class VendorScope(StrEnum):
 
 
 class VendorAccessRequest(StrictInput):
+    # The rule of `_workspace_for_content`, in the OpenAPI document too (JSON Schema if/then/else).
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"scope": {"const": "content"}}, "required": ["scope"]},
+        "then": {"properties": {"workspace_id": {"type": "string"}}, "required": ["workspace_id"]},
+        "else": {"properties": {"workspace_id": {"type": "null"}}},
+    })
+
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
     scope: VendorScope
     workspace_id: uuid.UUID | None = Field(default=None, description="Required for, and only for, scope `content`.")
