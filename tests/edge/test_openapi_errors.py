@@ -91,3 +91,11 @@ def test_statuses_follow_what_each_route_is(document):
     limited = document["paths"][W + "/documents"]["get"]["responses"]
     assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy"} <= set(limited["429"]["headers"])
     assert limited["401"]["headers"]["WWW-Authenticate"]["required"] is True
+
+
+def test_a_date_time_is_text_not_a_number(world: World):
+    # The document says date-time; pydantic alone took `0.5` as seconds since 1970 (found by schemathesis).
+    refused = world.admin.get(f"{world.base}/audit-events?until=0.5")
+    assert refused.status_code == 422
+    assert [e["loc"] for e in refused.json()["errors"]] == [["query", "until"]]
+    assert world.admin.get(f"{world.base}/audit-events?until=2030-01-01T00:00:00Z").status_code == 200
