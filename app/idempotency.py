@@ -262,7 +262,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(KeyMismatch)
     async def _mismatch(request: Request, exc: KeyMismatch) -> Response:
-        return problems.problem(422, detail=f"This {HEADER} was used for a different request.")
+        # Shaped like every other 422 (the OpenAPI document's ValidationProblem): the field, named.
+        return problems.problem(422, detail=f"This {HEADER} was used for a different request.",
+                                errors=[{"loc": ["header", HEADER], "msg": "used for a different request",
+                                         "type": "idempotency_key_reused"}], errors_total=1)
 
     @app.exception_handler(ResponsePending)
     async def _pending(request: Request, exc: ResponsePending) -> Response:

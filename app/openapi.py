@@ -39,6 +39,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
+from app import idempotency
 from app.auth.dependencies import get_principal
 from app.authz.dependencies import TenantAccess, WorkspaceAccess
 from app.authz.roles import WorkspaceRole
@@ -183,7 +184,13 @@ def _constructed_status(call: ast.Call, cls: type[DomainError]) -> int:
     return int(cls.status)
 
 
-Raised = frozenset[tuple[type[DomainError], int]]
+Raised = frozenset[tuple[type[BaseException], int]]
+
+# Exceptions outside `DomainError` that the app's handlers answer with one fixed status.
+HANDLED_ERRORS: dict[type[BaseException], int] = {
+    idempotency.KeyMismatch: 422,  # an Idempotency-Key reused for another request
+    idempotency.ResponsePending: 409,  # a retry while the original's response is being stored
+}
 
 
 def _caught(handler: ast.ExceptHandler, namespace: dict[str, Any]) -> tuple[type[BaseException], ...]:
@@ -198,7 +205,7 @@ def _caught(handler: ast.ExceptHandler, namespace: dict[str, Any]) -> tuple[type
 
 
 class _Walker:
-    """Which `DomainError`s (class, status) code can construct and let escape, following the functions
+    """Which `DomainError`s (and `HANDLED_ERRORS`), as (class, status), code can construct and let escape, following the functions
     it calls inside `app` (by name or `module.name`; methods on objects are not followed). Errors a
     `try` catches without re-raising stay inside."""
 
@@ -222,8 +229,8 @@ class _Walker:
         self.done[func] = found
         return found
 
-    def node(self, node: ast.AST, namespace: dict[str, Any], caught: tuple[type[BaseException], ...]) -> set[tuple[type[DomainError], int]]:
-        found: set[tuple[type[DomainError], int]] = set()
+    def node(self, node: ast.AST, namespace: dict[str, Any], caught: tuple[type[BaseException], ...]) -> set[tuple[type[BaseException], int]]:
+        found: set[tuple[type[BaseException], int]] = set()
         if isinstance(node, ast.Try):
             inner = caught + tuple(c for h in node.handlers for c in _caught(h, namespace))
             for child in node.body:
@@ -236,6 +243,8 @@ class _Walker:
             cls = _domain_error(target)
             if cls is not None:
                 found.add((cls, _constructed_status(node, cls)))
+            elif isinstance(target, type) and target in HANDLED_ERRORS:
+                found.add((target, HANDLED_ERRORS[target]))
             else:
                 callee = _unwrap(target) if target is not None else None
                 if callee is not None and _ours(callee):
@@ -343,13 +352,28 @@ def declare_errors(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def parameters_without_null(document: dict[str, Any]) -> dict[str, Any]:
+    """A parameter is absent or a string on the wire, never null: FastAPI writes `X | None` as
+    `anyOf: [X, {type: null}]`, which generators send as the text "None". Keep `X`; `required:
+    false` already says it may be left out. In place; returns `document`."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                branches = [b for b in schema.get("anyOf", []) if b != {"type": "null"}]
+                if "anyOf" in schema and len(branches) == 1 and len(branches) < len(schema["anyOf"]):
+                    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+                    parameter["schema"] = {**branches[0], **rest}
+    return document
+
+
 def install(app: FastAPI) -> None:
-    """Serve the document with the declared errors (built once, on first use, like FastAPI's)."""
+    """Serve the document with the declared errors and non-null parameters (built once, on first use, like FastAPI's)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = declare_errors(app, build())
+            app.openapi_schema = parameters_without_null(declare_errors(app, build()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -155,6 +155,8 @@ def test_a_retry_returns_the_original_response_and_creates_nothing(case: Create,
     assert other.status_code == 422, other.text
     assert other.headers["content-type"].startswith(PROBLEM_JSON)
     assert HEADER in other.json()["detail"]
+    assert other.json()["errors"] == [{"loc": ["header", HEADER], "msg": "used for a different request",
+                                       "type": "idempotency_key_reused"}]
     assert count() == before + 1
     # Without a key (or with a new one) the same request runs again: keys are opt-in.
     assert case.send(place, caller, other_body, {HEADER: key()}).status_code == 201

@@ -76,10 +76,12 @@ def test_fastapis_validation_error_is_gone(document):
 def test_statuses_follow_what_each_route_is(document):
     # Vendor-only, no tenant in the path, no parameters: 403 for others, never 404 or 422.
     assert statuses(document, "/api/v1/tenants", "get") == {200, 400, 401, 403, 429, 500, 503}
-    # Conflicts only where the code raises one.
+    # Conflicts only where the code raises one: a slug or label taken, an Idempotency-Key's original
+    # response still being stored (every creating POST); never on editing a document.
     assert 409 in statuses(document, "/api/v1/tenants/{tenant_id}/workspaces", "post")
     assert 409 in statuses(document, W + "/credentials", "post")
-    assert 409 not in statuses(document, W + "/documents", "post")
+    assert 409 in statuses(document, W + "/documents", "post")
+    assert 409 not in statuses(document, W + "/documents/{document_id}", "patch")
     # Any workspace member may read: no 403 there; writing needs member or above: 403.
     assert 403 not in statuses(document, W + "/documents", "get")
     assert 403 in statuses(document, W + "/documents", "post")

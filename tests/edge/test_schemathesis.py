@@ -78,7 +78,7 @@ def fuzzed_app(database, idp, kek_dir) -> Iterator[AppUnderTest]:
 
 def _ids_into(case: schemathesis.Case, world: World) -> None:
     """Aim the case at `world`: its tenant and first workspace, when the generated id is a valid one
-    (invalid ids stay, so the 422 for them is fuzzed too)."""
+    (invalid ids stay, so the 422 for them is fuzzed too); a fresh Idempotency-Key."""
     wanted = {"tenant_id": str(world.tenant_id), "workspace_id": str(world.workspaces[0])}
     for name, value in wanted.items():
         generated = (case.path_parameters or {}).get(name)
@@ -89,6 +89,11 @@ def _ids_into(case: schemathesis.Case, world: World) -> None:
         except ValueError:
             continue
         case.path_parameters[name] = value
+    # A valid Idempotency-Key is made unique: a key reused for another request is a 422 by design
+    # (tests/edge/test_idempotency.py), not something a schema can say. Invalid keys stay.
+    key = (case.headers or {}).get("Idempotency-Key")
+    if key is not None and 16 <= len(key) <= 255 and all(0x21 <= ord(c) <= 0x7E for c in key):
+        case.headers["Idempotency-Key"] = str(uuid.uuid4())
 
 
 @schema.parametrize()
