@@ -22,8 +22,12 @@ from pydantic_core import ValidationError
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
-# Surrounding whitespace is dropped, then it must look like an address.
-Email = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$", max_length=320)]
+# Surrounding whitespace is dropped, then it must look like an address. The pattern is also the
+# OpenAPI document's (JSON Schema, ECMA-262 regex), whose `\s` differs from Python's: both sets
+# are spelled out (Python's adds U+001C-U+001F and U+0085, ECMA's U+FEFF), so both refuse the same.
+_NOT_AT_OR_SPACE = r"[^@\s\x1c-\x1f\x85\ufeff]"
+Email = Annotated[str, StringConstraints(strip_whitespace=True, pattern=rf"^{_NOT_AT_OR_SPACE}{{1,64}}@{_NOT_AT_OR_SPACE}{{1,255}}$",
+                                         max_length=320)]
 
 
 # How many unknown fields a 422 names (each name cut to 64 characters); the rest are not looked at.

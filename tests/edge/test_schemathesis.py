@@ -63,6 +63,10 @@ schema.app = APP
 # Schema-valid input the schema cannot judge, refused with the reason named: a pagination cursor the
 # app did not make (400), a file whose bytes are not what its name and type say (400/415). Every
 # other refusal of schema-valid input (a 422 above all) still fails the run.
+# No NUL characters in generated strings: PostgreSQL cannot store them, so every input model refuses
+# them with a 422 naming the field (tests/edge/test_unstorable_input.py), a rule the document does
+# not spell out in each string's schema.
+schema.config.generation.allow_x00 = False
 schema.config.checks.positive_data_acceptance.expected_statuses = [
     *schema.config.checks.positive_data_acceptance.expected_statuses, "400", "415",
 ]
