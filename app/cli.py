@@ -101,6 +101,10 @@ def serve(
     from app.edge.serving import server_options
 
     settings = _settings()
+    try:
+        settings.check_can_serve()  # refused here once, not by a traceback in every worker
+    except ValueError as exc:
+        raise _fail(f"configuration error: {exc}") from None
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, **server_options(settings))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+# One DNS name or IPv4 address, optionally with the root's trailing dot (labels of letters, digits, dashes).
+_HOST_NAME = re.compile(r"(?i)(?=.{1,253}\.?$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?")
 
 # The issuer name of the development-only token signer (`palisade dev`); production refuses it.
 DEV_ISSUER = "http://palisade.dev.invalid/dev-issuer"
@@ -174,6 +178,15 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _bare_host_names(cls, value: list[str]) -> list[str]:
+        # Compared exactly with the request's Host (port dropped): a scheme, port, path or
+        # wildcard here would never match anything, so it is refused rather than silently dead.
+        if any(not _HOST_NAME.fullmatch(host) for host in value):
+            raise ValueError("PALISADE_ALLOWED_HOSTS lists bare host names (no scheme, port, path or wildcard)")
+        return value
+
     @field_validator("rate_limit_classes", mode="before")
     @classmethod
     def _json_dict(cls, value: object) -> object:
@@ -213,6 +226,20 @@ class Settings(BaseSettings):
         if self.secret_provider == "keyvault" and not (self.key_vault_url or "").startswith("https://"):
             raise ValueError("the keyvault secret provider needs an https PALISADE_KEY_VAULT_URL")
         return self
+
+    def check_can_serve(self) -> None:
+        """What serving the API needs beyond the settings' own checks (`create_app`, `palisade serve`).
+
+        Production keeps Turnstile on its public routes and answers only its own host names: with
+        no allow-list any `Host` would be served, and a client would choose the name the app
+        believes it has. Commands that do not serve (migrate, doctor) need neither.
+        """
+        if self.mode is not Mode.production:
+            return
+        self.require("turnstile_secret")
+        if not self.allowed_hosts:
+            raise ValueError("production mode needs PALISADE_ALLOWED_HOSTS: the host names clients use to reach "
+                             "this API, comma-separated (e.g. palisade.example.com); any other Host is refused")
 
     @property
     def app_role(self) -> str:

@@ -72,8 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.require("database_url")
     entra.configure(settings)  # Entra ID sign-in to PostgreSQL, when the settings ask for it
-    if settings.mode is Mode.production:
-        settings.require("turnstile_secret")  # production keeps Turnstile on its public routes
+    settings.check_can_serve()  # production: a Turnstile secret and the host names it answers for
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,6 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The interactive page loads Swagger UI from a CDN: development only.
         docs_url="/api/v1/docs" if settings.mode is Mode.development else None,
         redoc_url=None,
+        # No "other slash form" redirect: Starlette builds its Location from the request's Host
+        # header (issue 16). `/api/v1/tenants/` is a 404 problem like any unknown path.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     configure_logging(json=settings.log_json, level=settings.log_level)

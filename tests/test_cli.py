@@ -47,10 +47,13 @@ class TestDoctorCommand:
         assert "force_rls: public.documents" in result.stderr
 
 
+APP_HOST = "palisade.example.com"
+
+
 class TestProductionStartup:
     def settings(self, db) -> Settings:
         return Settings(_env_file=None, mode="production", database_url=db.app_url, turnstile_secret="test-secret",
-                        secret_provider="files", secrets_dir="/run/credentials/palisade",
+                        secret_provider="files", secrets_dir="/run/credentials/palisade", allowed_hosts=[APP_HOST],
                         issuers=[IssuerConfig(issuer="https://idp.example.invalid/realms/x", audience="palisade")])
 
     def test_refuses_a_database_doctor_rejects(self, fresh_database):
@@ -65,6 +68,41 @@ class TestProductionStartup:
     def test_starts_on_a_sound_database(self, database):
         with TestClient(create_app(self.settings(database))) as client:
             assert client.get("/health/ready").status_code == 200
+
+    def test_refuses_to_start_without_its_host_names(self, database):
+        # Issue 16: with no allow-list every Host was served, and the client chose the name the app
+        # believed it had (redirects were built from it).
+        with pytest.raises(ValueError, match="production mode needs PALISADE_ALLOWED_HOSTS"):
+            create_app(self.settings(database).model_copy(update={"allowed_hosts": []}))
+
+    def test_serve_refuses_without_host_names_with_a_clear_error(self, database, tmp_path):
+        secrets_dir = tmp_path / "credentials"
+        secrets_dir.mkdir(mode=0o700)
+        for name, value in {"database-url": database.app_url, "turnstile-secret": "test-secret"}.items():
+            (secrets_dir / name).write_text(value + "\n")
+            (secrets_dir / name).chmod(0o600)
+        env = {"PALISADE_MODE": "production", "PALISADE_SECRET_PROVIDER": "files", "PALISADE_SECRETS_DIR": str(secrets_dir),
+               "PALISADE_ISSUERS": '[{"issuer": "https://idp.example.invalid/realms/x", "audience": "palisade"}]'}
+        # (A guard, not a measurement: before the fix the server started and kept serving.)
+        result = run("serve", "--port", str(free_port()), env=env, timeout=60)
+        assert result.returncode == 1
+        assert "configuration error: production mode needs PALISADE_ALLOWED_HOSTS" in result.stderr
+        assert "Traceback" not in result.stderr and database.app_url not in result.stderr
+
+    @pytest.mark.parametrize("hosts", ["*", "https://palisade.example.com", "palisade.example.com:443", "*.example.com"])
+    def test_host_names_are_bare_names(self, hosts):
+        with pytest.raises(ValueError, match="PALISADE_ALLOWED_HOSTS lists bare host names") as refused:
+            Settings(_env_file=None, allowed_hosts=hosts)
+        assert hosts not in str(refused.value)
+
+    def test_over_tls_a_spoofed_host_gets_no_redirect_built_from_it(self, database):
+        with TestClient(create_app(self.settings(database)), base_url=f"https://{APP_HOST}") as client:
+            for host in (APP_HOST, "evil.example"):
+                r = client.get("/api/v1/tenants/", headers={"Host": host}, follow_redirects=False)
+                assert "location" not in r.headers
+                assert r.headers["content-type"].startswith("application/problem+json")
+                assert r.status_code == (404 if host == APP_HOST else 421)
+            assert client.get("/api/v1/tenants", follow_redirects=False).status_code == 401
 
 
 class TestTenantCreate:

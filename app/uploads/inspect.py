@@ -2,8 +2,9 @@
 
 Nothing the client says is believed on its own. The extension picks the one type the file may be
 (from the purpose's allow-list), the declared Content-Type and the magic bytes must confirm it, and
-the content is then read the way that type is read: images walked block by block and decoded by
-Pillow, PDFs checked for a clean end, SVG parsed and rebuilt from allow-lists (`app.uploads.svg`),
+the content is then read the way that type is read: images walked block by block, decoded by
+Pillow and encoded again from their pixels alone (`reencode`: metadata and trailing bytes never
+stored; still images only), PDFs checked for a clean end, SVG parsed and rebuilt from allow-lists (`app.uploads.svg`),
 text decoded as UTF-8. Anything that also reads as something else — HTML, JavaScript, an archive,
 an executable — is refused, because a browser, a mail gateway or a desktop tool downstream may read
 it that way whatever we serve it as.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 
 from app.errors import DomainError
 from app.uploads import svg
@@ -117,8 +118,10 @@ class RawUpload:
 class Inspected:
     file_type: FileType
     filename: str
-    content: bytes  # what is stored: the upload itself, or the rebuilt SVG
+    content: bytes  # what is stored: the upload itself (PDF, text), the rebuilt SVG, the re-encoded image
     svg_removed: tuple[str, ...] = ()
+    # Raster images: what the upload carried that the stored copy does not ("exif", "comment"...).
+    image_removed: tuple[str, ...] = ()
 
 
 def max_bytes(purpose: Purpose, upload_max_bytes: int) -> int:
@@ -146,6 +149,9 @@ def inspect_upload(*, purpose: Purpose, filename: str | None, declared_type: str
         return Inspected(file_type=SVG, filename=name, content=result.content, svg_removed=result.removed)
     _check_magic(file_type, data)
     _CHECKS[file_type.key](file_type, data)
+    if file_type.key in _RASTER:
+        content, removed = reencode(file_type, data)
+        return Inspected(file_type=file_type, filename=name, content=content, image_removed=removed)
     return Inspected(file_type=file_type, filename=name, content=data)
 
 
@@ -492,7 +498,15 @@ def _check_image(file_type: FileType, data: bytes) -> None:
     _refuse_trailing(file_type, data, geometry.end)
     _refuse_polyglot(file_type, data)
     _check_dimensions(geometry.width, geometry.height, geometry.frames)
+    if geometry.frames > 1:
+        raise _animated()
     _decode(file_type, data)
+
+
+def _animated() -> UploadRefused:
+    # Re-encoding an animation faithfully (timing, disposal, blending) and within memory (every
+    # frame decoded at once) is more than a logo needs: still images only.
+    return _unsupported("Animated images are not accepted: upload a still image.", "animated")
 
 
 def _check_dimensions(width: int, height: int, frames: int) -> None:
@@ -522,6 +536,97 @@ def _decode(file_type: FileType, data: bytes) -> None:
         # Pillow reports corrupt input through many exception types (OSError, SyntaxError,
         # ValueError, struct.error, EOFError...); whichever it is, the image did not decode.
         raise UploadRefused(f"The file could not be decoded as {file_type.label}.", reason="undecodable") from None
+
+
+# --- re-encoding ----------------------------------------------------------------------------------
+
+# What an upload may carry besides pixels that can say something about a person or hide a payload,
+# by Pillow's `info` key, named in the audit trail when found. None of it is kept, and neither is
+# anything else (resolution, gamma, application blocks): only the pixels are encoded again.
+_METADATA = ("exif", "comment", "xmp", "XML:com.adobe.xmp", "icc_profile", "photoshop")
+# A real display or camera profile is a few KiB (sRGB ~3 KiB, Display P3 ~0.5 KiB); past this it
+# is not worth parsing.
+MAX_ICC_PROFILE_BYTES = 64 * 1024
+JPEG_QUALITY = 95
+
+
+def reencode(file_type: FileType, data: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """The image as new bytes from its pixels alone, and what of the upload was left behind.
+
+    Decoding and encoding again drops everything that is not the picture: EXIF (camera, GPS
+    position, thumbnail), comments, XMP, PNG text chunks, any bytes after the image data. The EXIF
+    orientation is applied first, so a photo stays upright without the tag. An ICC profile is
+    applied (the pixels converted to sRGB, which is what a viewer assumes without one) and then
+    dropped; one that cannot be parsed, is too large or does not fit the image is dropped as it is.
+    PNG, GIF and lossless WebP stay lossless; JPEG and lossy WebP are encoded at quality 95 (JPEG
+    with its original chroma subsampling).
+    """
+    fmt = _PILLOW_FORMAT[file_type.key]
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise _animated()
+            im.load()
+            removed = _carried(im)
+            subsampling = JpegImagePlugin.get_sampling(im) if fmt == "JPEG" else -1
+            lossless_webp = fmt == "WEBP" and b"VP8L" in data[12:40]
+            icc = im.info.get("icc_profile")
+            transparency = im.info.get("transparency")
+            upright = ImageOps.exif_transpose(im)
+        pixels = _to_srgb(upright, icc) if icc else upright
+        if pixels.mode == "P" and transparency is not None and fmt in ("PNG", "GIF"):
+            pixels.info = {"transparency": transparency}
+        else:
+            pixels.info = {}
+        out = io.BytesIO()
+        options: dict[str, object] = {}
+        if fmt == "JPEG":
+            options = {"quality": JPEG_QUALITY, "optimize": True}
+            if subsampling >= 0:
+                options["subsampling"] = subsampling
+        elif fmt == "WEBP":
+            options = {"lossless": True, "exact": True} if lossless_webp else {"quality": JPEG_QUALITY}
+        elif fmt == "PNG":
+            options = {"optimize": False}
+        elif fmt == "GIF" and transparency is not None and pixels.mode == "P":
+            options = {"transparency": transparency}
+        if fmt == "PNG" and pixels.mode == "P" and transparency is not None:
+            options["transparency"] = transparency
+        pixels.save(out, fmt, **options)
+    except UploadRefused:
+        raise
+    except Exception:
+        raise UploadRefused(f"The file could not be decoded as {file_type.label}.", reason="undecodable") from None
+    return out.getvalue(), removed
+
+
+def _carried(im: Image.Image) -> tuple[str, ...]:
+    """What the upload carried besides pixels, by kind (for the audit trail)."""
+    found = {key for key in _METADATA if im.info.get(key)}
+    if "XML:com.adobe.xmp" in found:
+        found = (found - {"XML:com.adobe.xmp"}) | {"xmp"}
+    if getattr(im, "text", None):  # PNG tEXt, zTXt, iTXt
+        found.add("text")
+    exif = im.getexif()
+    if exif:
+        found.add("exif")
+        if exif.get_ifd(0x8825):
+            found.add("gps")
+    return tuple(sorted(found))
+
+
+def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+    """The pixels converted from the embedded profile to sRGB; unchanged if the profile is unusable."""
+    if len(icc) > MAX_ICC_PROFILE_BYTES or im.mode not in ("RGB", "RGBA"):
+        return im
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if source.profile.xcolor_space.strip() != "RGB":
+            return im
+        converted = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode=im.mode)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return im
+    return converted if converted is not None else im
 
 
 # --- PDF ----------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ def store_upload(scope: WorkspaceScope, *, purpose: Purpose, upload: RawUpload) 
                                   "sha256": stored.sha256}
     if inspected.file_type.key == "svg":
         details["svg_removed"] = list(inspected.svg_removed)
+    elif inspected.file_type.inline:  # raster images: re-encoded; what of the upload was left behind
+        details["image_removed"] = list(inspected.image_removed)
     scope.audit(category=Category.content_change, action="file.upload", target_type="file", target_id=stored.id,
                 details=details)
     return stored, inspected

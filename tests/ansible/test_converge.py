@@ -175,15 +175,88 @@ def test_tls_1_2_is_refused_by_default(lab):
         _https_get(lab, "/health/live", tls="1.2")
 
 
-def test_plain_http_redirects_to_https(lab):
+def _plain_http(lab: Lab, host: str, path: str = "/health/live?x=1") -> bytes:
     with socket.create_connection((lab.host.ip, 80), timeout=15) as plain:
-        plain.sendall(b"GET /health/live?x=1 HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := plain.recv(65536):
-            data += chunk
-    status, headers, _ = _parse_http(data)
+        plain.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return _closed_by_server(plain)
+
+
+def test_plain_http_redirects_to_https(lab):
+    status, headers, _ = _parse_http(_plain_http(lab, SERVER_NAME))
     assert status == 301
     assert headers["location"] == [f"https://{SERVER_NAME}/health/live?x=1"]
+
+
+# Issue 16: any Host was served (nginx's default server was the app's), and plain HTTP redirected
+# whatever name a client sent. Now only the configured names get an answer.
+OTHER_HOSTS = ["attacker.example", f"{SERVER_NAME}.attacker.example", "10.0.0.1"]
+
+
+@pytest.mark.parametrize("host", OTHER_HOSTS)
+def test_plain_http_for_another_host_is_closed_without_an_answer(lab, host):
+    assert _plain_http(lab, host) == b""
+
+
+@pytest.mark.parametrize("sni", ["attacker.example", None])
+def test_tls_for_another_host_name_is_refused_in_the_handshake(lab, sni):
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # whatever certificate: there must be none
+    with socket.create_connection((lab.host.ip, 443), timeout=15) as raw, pytest.raises(ssl.SSLError):
+        context.wrap_socket(raw, server_hostname=sni)
+
+
+@pytest.mark.parametrize("host", OTHER_HOSTS)
+def test_tls_to_the_right_name_with_another_host_header_gets_no_answer(lab, host):
+    with _tls_connection(lab) as conn:
+        conn.sendall(f"GET /api/v1/tenants/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        # The handshake named this host; the request names another: nginx's default server takes
+        # it and closes the connection without a byte.
+        assert _closed_by_server(conn) == b""
+
+
+def test_the_right_host_gets_no_redirect_built_from_it(lab):
+    # The app's other slash form is a 404 problem, not a redirect (FastAPI's redirect_slashes).
+    status, headers, body = _https_request(
+        lab, f"GET /api/v1/tenants/ HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n".encode())
+    assert status == 404 and "location" not in headers, (status, headers)
+    assert headers["content-type"] == ["application/problem+json"]
+
+
+_ON_HOST = """
+import http.client, ssl, sys
+host, port, path, header = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if port == 443:
+    conn = http.client.HTTPSConnection(host, port, timeout=15, context=ssl._create_unverified_context())
+else:
+    conn = http.client.HTTPConnection(host, port, timeout=15)
+try:
+    conn.request("GET", path, headers={"Host": header})
+    r = conn.getresponse()
+    print(r.status, r.getheader("Location") or "-")
+except (ConnectionError, http.client.RemoteDisconnected) as exc:
+    print("closed", type(exc).__name__)
+"""
+
+
+def _on_host(lab: Lab, port: int, path: str, host: str) -> str:
+    args = " ".join(shlex.quote(a) for a in ("127.0.0.1", str(port), path, host))
+    return lab.host.ssh(f"python3 -c {shlex.quote(_ON_HOST)} {args}").stdout.strip()
+
+
+def test_the_app_is_configured_with_the_proxy_names_and_refuses_others(lab):
+    settings = lab.host.ssh("sudo cat /etc/palisade/palisade.env").stdout
+    assert f"PALISADE_ALLOWED_HOSTS='{SERVER_NAME}'" in settings
+    # Straight to the app on its loopback port, past nginx: another Host is a 421 before routing.
+    assert _on_host(lab, 8000, "/api/v1/tenants", "attacker.example") == "421 -"
+    assert _on_host(lab, 8000, "/api/v1/tenants", SERVER_NAME) == "401 -"
+    assert _on_host(lab, 8000, "/health/ready", "127.0.0.1") == "200 -"
+
+
+def test_the_hosts_own_health_check_reaches_only_the_probes(lab):
+    # upgrade.yml's check (https://127.0.0.1/health/ready) works; nothing else answers on loopback.
+    assert _on_host(lab, 443, "/health/ready", "127.0.0.1") == "200 -"
+    assert _on_host(lab, 443, "/api/v1/tenants", "127.0.0.1").startswith("closed")
+    assert _on_host(lab, 443, "/api/v1/tenants", SERVER_NAME).startswith("closed")
 
 
 def test_proxy_overwrites_forwarding_headers_for_the_trusted_proxy_rule(lab):

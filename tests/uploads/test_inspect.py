@@ -49,26 +49,31 @@ LEGITIMATE = [
 ]
 
 
-class TestLegitimateFilesPassUnchanged:
+class TestLegitimateFilesPass:
     @pytest.mark.parametrize(("purpose", "data", "name", "declared", "detected"), LEGITIMATE,
                              ids=[f"{p.value}-{n}-{d}" for p, _, n, d, _ in LEGITIMATE])
-    def test_accepted_byte_identical(self, purpose, data, name, declared, detected):
+    def test_accepted(self, purpose, data, name, declared, detected):
         result = inspect(data, name, declared, purpose)
         assert result.file_type.media_type == detected
-        assert result.content == data
+        if detected.startswith("image/"):  # re-encoded: the same picture in the same format
+            with Image.open(io.BytesIO(result.content)) as stored, Image.open(io.BytesIO(data)) as original:
+                assert (stored.format, stored.size) == (original.format, original.size)
+        else:
+            assert result.content == data
 
-    def test_animated_images_within_bounds(self):
+    def test_animated_images_are_refused(self):
         frames = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(5)]
         for fmt, name, declared in (("GIF", "a.gif", "image/gif"), ("WEBP", "a.webp", "image/webp"), ("PNG", "a.png", "image/png")):
             out = io.BytesIO()
             frames[0].save(out, fmt, save_all=True, append_images=frames[1:])
-            assert inspect(out.getvalue(), name, declared).content == out.getvalue()
+            assert refused(out.getvalue(), name, declared).reason == "animated"
 
     def test_jpeg_with_exif_thumbnail_segment(self):
         exif = Image.Exif()
         exif[0x010E] = "A description"
         data = corpus.jpeg(exif=exif)
-        assert inspect(data, "p.jpg", "image/jpeg").content == data
+        result = inspect(data, "p.jpg", "image/jpeg")
+        assert b"A description" not in result.content and result.image_removed == ("exif",)
 
 
 class TestAllowListPerPurpose:
@@ -186,9 +191,9 @@ class TestPolyglots:
     def test_other_images_with_appended_data(self, data, name, declared):
         assert refused(data, name, declared).reason == "trailing_data"
 
-    def test_zero_padding_after_the_end_is_harmless(self):
+    def test_zero_padding_after_the_end_is_harmless_and_not_kept(self):
         data = corpus.jpeg() + b"\x00" * 32
-        assert inspect(data, "photo.jpg", "image/jpeg").content == data
+        assert inspect(data, "photo.jpg", "image/jpeg").content.endswith(b"\xff\xd9")
 
     def test_zip_hidden_before_the_end_of_a_jpeg(self):
         # A ZIP reader finds the archive by its end record near the end of the file; here it sits in
