@@ -148,7 +148,9 @@ def audit_verify(
 ) -> None:
     """Recompute the hash chains; name the first altered, missing or reordered event; exit 1 on any break."""
 
+    from app.audit.anchor import CheckpointError, read_checkpoints, sink_from_settings, verifier_keys
     from app.audit.verify import verify
+    from app.crypto.secrets import SecretError
     from app.db.session import make_engine, make_session_factory
 
     settings = _settings()
@@ -156,20 +158,65 @@ def audit_verify(
         tenant_ids = [uuid.UUID(t) for t in tenant]
     except ValueError:
         raise _fail("--tenant takes a tenant id (UUID)") from None
+    checkpoints, bad_lines = None, []
+    try:
+        sink = sink_from_settings(settings)
+        if sink is not None:
+            checkpoints, bad_lines = read_checkpoints(sink, verifier_keys(settings))
+    except (CheckpointError, SecretError) as exc:
+        raise _fail(f"checkpoints: {exc}") from None
     engine = make_engine(settings.database_url, pool_size=1)
     try:
-        results = verify(make_session_factory(engine), tenant_ids or None)
+        results = verify(make_session_factory(engine), tenant_ids or None, checkpoints)
     finally:
         engine.dispose()
     broken = [r for r in results if r.broken]
     for r in results:
         if r.broken:
             typer.secho(f"BROKEN {r.tenant_id}: {r.broken.kind}: {r.broken.message}", fg=typer.colors.RED, err=True)
+        elif r.anchored is not None:
+            typer.echo(f"ok {r.tenant_id}: {r.events} events, anchored up to seq {r.anchored.seq}"
+                       f" (checkpoint of {r.anchored.at.isoformat(timespec='seconds')})")
         else:
-            typer.echo(f"ok {r.tenant_id}: {r.events} events")
+            typer.echo(f"ok {r.tenant_id}: {r.events} events" + (", not anchored (no checkpoint)" if sink is not None else ""))
+    for bad in bad_lines:  # a line no known key signed: someone else wrote to the sink
+        typer.secho(f"BROKEN checkpoint {bad.source}:{bad.line}: {bad.reason}", fg=typer.colors.RED, err=True)
     if broken:
         _alert_chain_broken(settings, broken)
+    if broken or bad_lines:
         raise typer.Exit(code=1)
+
+
+@audit_cli.command("checkpoint")
+def audit_checkpoint(
+    tenant: Annotated[list[str], typer.Option(help="Only this tenant's chain (repeatable); default: every chain.")] = [],  # noqa: B006
+) -> None:
+    """Sign each chain's head (seq, hash, time) and append it to the checkpoint sink, now."""
+
+    from app.audit.anchor import CheckpointError, signer_from_settings, sink_from_settings, take_checkpoints
+    from app.crypto.secrets import SecretError
+    from app.db.session import make_engine, make_session_factory
+
+    settings = _settings()
+    try:
+        tenant_ids = [uuid.UUID(t) for t in tenant]
+    except ValueError:
+        raise _fail("--tenant takes a tenant id (UUID)") from None
+    try:
+        sink, signer = sink_from_settings(settings), signer_from_settings(settings)
+    except (CheckpointError, SecretError) as exc:
+        raise _fail(f"checkpoints: {exc}") from None
+    if sink is None or signer is None:
+        raise _fail("checkpoints need PALISADE_AUDIT_CHECKPOINT_SINK and PALISADE_AUDIT_CHECKPOINT_KEY_FILE")
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        taken = take_checkpoints(make_session_factory(engine), signer, sink, tenant_ids or None)
+    except CheckpointError as exc:
+        raise _fail(f"checkpoints: {exc}") from None
+    finally:
+        engine.dispose()
+    for c in taken:
+        typer.echo(f"checkpoint {c.tenant_id}: seq {c.seq} {c.hash} (key {c.key})")
 
 
 def _alert_chain_broken(settings: Settings, broken) -> None:

@@ -152,6 +152,16 @@ class Settings(BaseSettings):
     data_key_cache_seconds: float = Field(default=300.0, ge=0.0, le=3600.0)
     data_key_cache_size: int = Field(default=1024, ge=0, le=100_000)
 
+    # Audit checkpoints (app/audit/anchor.py): each chain's head, signed, written outside PostgreSQL.
+    # `file`: appended to one file per UTC day in `audit_checkpoint_dir`. `none`: not anchored.
+    audit_checkpoint_sink: Literal["none", "file"] = "none"
+    audit_checkpoint_dir: Path | None = None
+    # The Ed25519 signing key (PEM, PKCS#8, owner-only file); the public key(s) verify checks with.
+    audit_checkpoint_key_file: Path | None = None
+    audit_checkpoint_public_key_file: Path | None = None
+    # How often the app checkpoints every chain whose head moved (0: only on demand and at shutdown).
+    audit_checkpoint_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)
+
     # Alerts: rule notifications are POSTed here, signed with HMAC-SHA256 over the body.
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None

@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from sqlalchemy import text
@@ -68,6 +69,20 @@ def _refuse_unsafe_database(settings: Settings) -> None:
         raise StartupRefused("palisade doctor failed: " + "; ".join(f"{f.subject}: {f.message}" for f in report.findings))
 
 
+def _checkpointer(settings: Settings, sessions: Any) -> Any:
+    """The audit checkpointer, when a sink and a key are configured; a bad key or sink stops startup."""
+    from app.audit.anchor import Checkpointer, signer_from_settings, sink_from_settings
+
+    sink = sink_from_settings(settings)
+    if sink is None:
+        return None
+    signer = signer_from_settings(settings)
+    if signer is None:
+        raise StartupRefused("PALISADE_AUDIT_CHECKPOINT_SINK is set but PALISADE_AUDIT_CHECKPOINT_KEY_FILE is not")
+    checkpointer = Checkpointer(sessions, signer, sink, interval=settings.audit_checkpoint_seconds)
+    return checkpointer.start() if settings.audit_checkpoint_seconds > 0 else checkpointer
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.require("database_url")
@@ -83,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         audit.install_log_hooks(app.state.sessions)
+        checkpointer = _checkpointer(settings, app.state.sessions)  # first: a bad key or sink stops startup here
         app.state.sign_in_failures = SignInFailures(app.state.sessions, interval=settings.sign_in_audit_flush_seconds).start()
         wrapper = key_wrapper_from_settings(settings)
         data_keys = datakeys.DataKeys(wrapper, ttl_seconds=settings.data_key_cache_seconds,
@@ -107,6 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if data_keys is not None and datakeys.current() is data_keys:
                 datakeys.install(None)
             app.state.sign_in_failures.stop()  # before the alert engine: its events feed alerts
+            if checkpointer is not None:
+                checkpointer.stop()  # after the last audit writes: they are anchored too
             alert_engine.stop(timeout=5)
             app.state.turnstile.close()
             app.state.verifier.close()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, Protocol
 
 GENESIS = "0" * 64
 # The platform's own chain (vendor staff actions, failed sign-ins) lives under the nil tenant id.
@@ -113,7 +113,7 @@ class Break:
     """The first place a chain stops proving itself."""
 
     tenant_id: uuid.UUID
-    kind: str  # altered | missing | reordered | unchained | truncated
+    kind: str  # altered | missing | reordered | unchained | truncated | rewritten | dropped (the last two: against a checkpoint)
     seq: int | None
     event_id: uuid.UUID | None
     message: str
@@ -124,9 +124,29 @@ def _event_id(event: Mapping[str, Any]) -> uuid.UUID | None:
     return uuid.UUID(value) if isinstance(value, str) else value
 
 
-def verify_chain(tenant_id: uuid.UUID, events: Iterable[Mapping[str, Any]], head: tuple[int, str] | None) -> tuple[int, Break | None]:
-    """Walk one tenant's events in seq order; returns (events checked, first break or None)."""
+class Anchor(Protocol):
+    """A signed checkpoint of a chain (`app.audit.anchor.Checkpoint`): its seq and hash at a time."""
+
+    seq: int
+    hash: str
+    at: datetime
+
+
+def _at(anchor: Anchor) -> str:
+    return anchor.at.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def verify_chain(tenant_id: uuid.UUID, events: Iterable[Mapping[str, Any]], head: tuple[int, str] | None,
+                 anchors: Sequence[Anchor] = ()) -> tuple[int, Break | None]:
+    """Walk one tenant's events in seq order; returns (events checked, first break or None).
+
+    `anchors` (sorted by seq) are checkpoints taken earlier: the event at each one's seq must still
+    carry its hash (else the chain was rewritten and re-chained since), and the chain must reach
+    the highest one (else events were dropped).
+    """
     expected_seq, prev_hash, checked = 1, GENESIS, 0
+    anchor_at, next_anchor = 0, anchors[0].seq if anchors else None
+    matched: Anchor | None = None
     for event in events:
         seq = event.get("seq")
         if seq is None or event.get("hash") is None:
@@ -143,6 +163,17 @@ def verify_chain(tenant_id: uuid.UUID, events: Iterable[Mapping[str, Any]], head
         if event_hash(event) != event["hash"]:
             event_id = _event_id(event)
             return checked, Break(tenant_id, "altered", seq, event_id, f"event seq {seq} (id {event_id}) was altered: its hash does not match")
+        if seq == next_anchor:
+            while anchor_at < len(anchors) and anchors[anchor_at].seq == seq:
+                anchor = anchors[anchor_at]
+                if anchor.hash != event["hash"]:
+                    event_id = _event_id(event)
+                    since = f"after seq {matched.seq} (checkpoint of {_at(matched)} matches)" if matched else "from seq 1"
+                    return checked, Break(tenant_id, "rewritten", seq, event_id,
+                                          f"event seq {seq} (id {event_id}) does not carry the hash of the checkpoint of {_at(anchor)}: "
+                                          f"an event {since} up to seq {seq} was rewritten and the chain re-chained since")
+                matched, anchor_at = anchor, anchor_at + 1
+            next_anchor = anchors[anchor_at].seq if anchor_at < len(anchors) else None
         expected_seq, prev_hash, checked = seq + 1, event["hash"], checked + 1
     last = (expected_seq - 1, prev_hash)
     if head is not None and (head[0], head[1]) != last:
@@ -150,4 +181,9 @@ def verify_chain(tenant_id: uuid.UUID, events: Iterable[Mapping[str, Any]], head
                               f"the chain head says seq {head[0]} but the events end at seq {last[0]}: events were removed")
     if head is None and checked:
         return checked, Break(tenant_id, "truncated", None, None, "the chain head is missing")
+    if anchor_at < len(anchors):
+        highest = anchors[-1]
+        return checked, Break(tenant_id, "dropped", highest.seq, None,
+                              f"the checkpoint of {_at(highest)} records seq {highest.seq} but the chain ends at seq {last[0]}: "
+                              f"events seq {last[0] + 1} to {highest.seq} were dropped (and the head moved back)")
     return checked, None

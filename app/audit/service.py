@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import alerts
-from app.audit.chain import CHAINED_FIELDS, GENESIS, PLATFORM_TENANT, canonical_around_link, plain
+from app.audit.chain import CHAINED_FIELDS, PLATFORM_TENANT, canonical_around_link, plain
 from app.audit.models import AuditEvent
 from app.db.session import DbContext, apply_context
 from app.observability.scrub import register_names
@@ -70,49 +70,36 @@ class Actor:
 
 ANONYMOUS = Actor(issuer=None, subject=None, user_id=None, role=None, type="anonymous")
 
-# One round trip appends the event and moves the chain head, in the caller's transaction (it was
-# three: head upsert, ORM insert of the event, head update):
-# - `head` locks the chain head's row (FOR UPDATE) until this transaction ends, so concurrent
-#   writers of one tenant queue here. Under READ COMMITTED a writer that had to wait reads the head
-#   as the writer before it committed it (PostgreSQL returns the newest version of a row it waited
-#   for), so sequence numbers stay gap-free and each event links to the one committed before it;
-#   the unique (tenant_id, seq) index would refuse a duplicate rather than fork the chain.
-# - `event` inserts the event as seq + 1, linked to the head's hash. Its hash is the SHA-256 of
-#   the canonical bytes: everything but the link is rendered in Python (`canonical_around_link`),
-#   and PostgreSQL puts in the two link values it read under the lock (`link_canonical` computes
-#   the same in Python; `palisade audit verify` recomputes every hash from the stored row).
-# - the outer UPDATE moves the head to the new event: the row `head` locked, changed once.
-# Casts to `text` (never `varchar(n)`, which would truncate) leave the length checks to the columns.
+# One round trip appends the event and moves the chain head, in the caller's transaction, through
+# `private.audit_append` (migration 0010): the app role may not write `audit_events` or
+# `audit_chain_heads` itself, so it cannot choose an event's link or move a head. The function,
+# owned by the schema owner (SECURITY DEFINER, search_path pinned), refuses any tenant but the
+# transaction's `app.tenant_id`, then:
+# - locks the chain head's row (FOR UPDATE) until this transaction ends, so concurrent writers of
+#   one tenant queue there. Under READ COMMITTED a writer that had to wait reads the head as the
+#   writer before it committed it (PostgreSQL returns the newest version of a row it waited for),
+#   so sequence numbers stay gap-free and each event links to the one committed before it; the
+#   unique (tenant_id, seq) index would refuse a duplicate rather than fork the chain. A chain's
+#   first event finds no head: the function creates it empty (seq 0, the genesis hash) first; a
+#   concurrent first writer's head makes that wait for the writer's transaction, then queue.
+# - inserts the event as seq + 1, linked to the head's hash. Its hash is the SHA-256 of the
+#   canonical bytes: everything but the link is rendered in Python (`canonical_around_link`), and
+#   PostgreSQL puts in the two link values it read under the lock (`link_canonical` computes the
+#   same in Python; `palisade audit verify` recomputes every hash from the stored row).
+# - moves the head to the new event, and returns (seq, prev_hash, hash).
+# Parameters are typed `text` (never `varchar(n)`, which would truncate): the columns check lengths.
 _APPEND = (
-    "with head as materialized ("
-    " select seq, hash from audit_chain_heads where tenant_id = %(tenant_id)s for update"
-    "), event as ("
-    " insert into audit_events (tenant_id, id, seq, prev_hash, hash, occurred_at, category, action, outcome,"
-    " workspace_id, actor_type, actor_user_id, actor_issuer, actor_subject, actor_role, target_type, target_id,"
-    " client_ip, user_agent, correlation_id, trace_id, details)"
-    " select cast(%(tenant_id)s as uuid), cast(%(id)s as uuid), head.seq + 1, head.hash,"
-    " encode(sha256(cast(%(before)s as bytea)"
-    " || convert_to(cast(to_json(head.hash) as text) || cast(%(between)s as text) || cast(head.seq + 1 as text), 'UTF8')"
-    " || cast(%(after)s as bytea)), 'hex'),"
-    " cast(%(occurred_at)s as timestamptz), cast(%(category)s as text), cast(%(action)s as text), cast(%(outcome)s as text),"
-    " cast(%(workspace_id)s as uuid), cast(%(actor_type)s as text), cast(%(actor_user_id)s as uuid), cast(%(actor_issuer)s as text),"
-    " cast(%(actor_subject)s as text), cast(%(actor_role)s as text), cast(%(target_type)s as text), cast(%(target_id)s as text),"
-    " cast(%(client_ip)s as inet), cast(%(user_agent)s as text), cast(%(correlation_id)s as text), cast(%(trace_id)s as text),"
-    " cast(%(details)s as jsonb)"
-    " from head"
-    " returning seq, prev_hash, hash"
-    ")"
-    " update audit_chain_heads set seq = event.seq, hash = event.hash from event"
-    " where audit_chain_heads.tenant_id = %(tenant_id)s"
-    " returning event.seq, event.prev_hash, event.hash"
+    "select event_seq, event_prev_hash, event_hash from private.audit_append("
+    "p_tenant_id => %(tenant_id)s, p_id => %(id)s, p_occurred_at => %(occurred_at)s, p_category => %(category)s,"
+    " p_action => %(action)s, p_outcome => %(outcome)s, p_before => %(before)s, p_after => %(after)s,"
+    " p_workspace_id => %(workspace_id)s, p_actor_type => %(actor_type)s, p_actor_user_id => %(actor_user_id)s,"
+    " p_actor_issuer => %(actor_issuer)s, p_actor_subject => %(actor_subject)s, p_actor_role => %(actor_role)s,"
+    " p_target_type => %(target_type)s, p_target_id => %(target_id)s, p_client_ip => cast(%(client_ip)s as inet),"
+    " p_user_agent => %(user_agent)s, p_correlation_id => %(correlation_id)s, p_trace_id => %(trace_id)s,"
+    " p_details => cast(%(details)s as jsonb))"
 )
-# A chain's first event finds no head: this creates it empty (seq 0, the genesis hash), in the
-# same transaction, and the append runs again. A concurrent first writer's head makes this wait
-# for that writer's transaction, then do nothing; the append then queues behind its lock.
-_START_CHAIN = (
-    "insert into audit_chain_heads (tenant_id, seq, hash) values (%(tenant_id)s, 0, %(genesis)s)"
-    " on conflict (tenant_id) do nothing"
-)
+# What the function puts between the two link values: the canonical form's own text.
+_BETWEEN = b',"seq":'
 
 
 def _trace_id() -> str | None:
@@ -160,17 +147,13 @@ def record(
         "trace_id": trace_id or _trace_id(), "details": details or {}, "prev_hash": None, "hash": None,
     }
     before, between, after = canonical_around_link(event)
+    if between != _BETWEEN:  # the function's text; chain.py fixes the order, this keeps them in step
+        raise RuntimeError("the canonical form's link separator changed; private.audit_append must change with it")
     # `details` as the JSONB type's own serializer (json.dumps) would have written it.
-    params = {**event, "details": json.dumps(event["details"]), "before": before, "between": between.decode(), "after": after}
+    params = {**event, "details": json.dumps(event["details"]), "before": before, "after": after}
     # Driver-level SQL through the session's connection: the engine's hooks still send BEGIN and
     # the tenant context ahead of it when this is the transaction's first statement.
-    connection = session.connection()
-    row = connection.exec_driver_sql(_APPEND, params).one_or_none()
-    if row is None:
-        connection.exec_driver_sql(_START_CHAIN, {"tenant_id": tenant_id, "genesis": GENESIS})
-        row = connection.exec_driver_sql(_APPEND, params).one_or_none()
-        if row is None:  # only a snapshot older than the head (REPEATABLE READ) can get here
-            raise RuntimeError(f"audit chain head of tenant {tenant_id} is not visible to this transaction")
+    row = session.connection().exec_driver_sql(_APPEND, params).one()
     event["seq"], event["prev_hash"], event["hash"] = row
     session.info.setdefault("audit_pending", []).append(event)
     return dict(event)

@@ -75,6 +75,7 @@ CHECKS = (
     "role_ownership",
     "role_timeouts",
     "table_privileges",
+    "audit_append_only",
     "rls_enabled",
     "force_rls",
     "policy_missing",
@@ -233,8 +234,9 @@ GLOBAL_TABLES: dict[str, str] = {
 }
 
 # Functions in our schemas the app role may EXECUTE (signature as format('%I.%I(%s)') prints it):
-# the checks the policies call (migration 0007), each with the body it must have. Doctor also
-# requires them SECURITY INVOKER, STABLE, PL/pgSQL, with search_path pinned to pg_catalog, pg_temp.
+# the checks the policies call (migration 0007) and the audit append (0010, below), each with the
+# body it must have. Doctor also requires them PL/pgSQL with search_path pinned to pg_catalog,
+# pg_temp; the checks SECURITY INVOKER and STABLE, the append SECURITY DEFINER and VOLATILE.
 _UUID_SETTING = "nullif(current_setting('app.{}', true), '')::uuid"
 _TENANT_AND_USER = f"m.tenant_id = {_UUID_SETTING.format('tenant_id')} AND m.user_id = {_UUID_SETTING.format('user_id')}"
 CALLABLE_FUNCTIONS: dict[str, str] = {
@@ -253,7 +255,45 @@ CALLABLE_FUNCTIONS: dict[str, str] = {
         " AND g.scope = grant_scope AND g.decision = 'approved' AND g.revoked_at IS NULL AND g.expires_at > now()"
         f" AND (NOT in_workspace OR g.workspace_id = {_UUID_SETTING.format('workspace_id')}))); END",
 }
+# The one SECURITY DEFINER function (migration 0010): the only way the app role appends to an audit
+# chain. It must refuse any tenant but the context's, lock the head, and compute the link itself.
+AUDIT_APPEND = (
+    "private.audit_append(p_tenant_id uuid, p_id uuid, p_occurred_at timestamp with time zone, p_category text, p_action text,"
+    " p_outcome text, p_before bytea, p_after bytea, p_workspace_id uuid, p_actor_type text, p_actor_user_id uuid,"
+    " p_actor_issuer text, p_actor_subject text, p_actor_role text, p_target_type text, p_target_id text, p_client_ip inet,"
+    " p_user_agent text, p_correlation_id text, p_trace_id text, p_details jsonb,"
+    " OUT event_seq bigint, OUT event_prev_hash text, OUT event_hash text)"
+)
+CALLABLE_FUNCTIONS[AUDIT_APPEND] = (
+    "DECLARE context_tenant uuid := nullif(current_setting('app.tenant_id', true), '')::uuid; head_seq bigint; head_hash text;"
+    " BEGIN IF p_tenant_id IS NULL OR context_tenant IS NULL OR p_tenant_id <> context_tenant THEN"
+    " RAISE EXCEPTION 'audit append: tenant % is not the tenant of this transaction', p_tenant_id"
+    " USING ERRCODE = 'insufficient_privilege'; END IF;"
+    " IF p_before IS NULL OR p_after IS NULL THEN"
+    " RAISE EXCEPTION 'audit append: the canonical form is required' USING ERRCODE = 'null_value_not_allowed'; END IF;"
+    " SELECT h.seq, h.hash INTO head_seq, head_hash FROM public.audit_chain_heads h WHERE h.tenant_id = p_tenant_id FOR UPDATE;"
+    " IF NOT FOUND THEN INSERT INTO public.audit_chain_heads (tenant_id, seq, hash) VALUES (p_tenant_id, 0, repeat('0', 64))"
+    " ON CONFLICT (tenant_id) DO NOTHING;"
+    " SELECT h.seq, h.hash INTO head_seq, head_hash FROM public.audit_chain_heads h WHERE h.tenant_id = p_tenant_id FOR UPDATE;"
+    " IF NOT FOUND THEN RAISE EXCEPTION 'audit chain head of tenant % is not visible to this transaction', p_tenant_id"
+    " USING ERRCODE = 'serialization_failure'; END IF; END IF;"
+    " event_seq := head_seq + 1; event_prev_hash := head_hash;"
+    " event_hash := encode(pg_catalog.sha256(p_before || convert_to(to_json(head_hash)::text || ',\"seq\":' || event_seq::text,"
+    " 'UTF8') || p_after), 'hex');"
+    " INSERT INTO public.audit_events (tenant_id, id, seq, prev_hash, hash, occurred_at, category, action, outcome, workspace_id,"
+    " actor_type, actor_user_id, actor_issuer, actor_subject, actor_role, target_type, target_id, client_ip, user_agent,"
+    " correlation_id, trace_id, details)"
+    " VALUES (p_tenant_id, p_id, event_seq, event_prev_hash, event_hash, p_occurred_at, p_category, p_action, p_outcome,"
+    " p_workspace_id, p_actor_type, p_actor_user_id, p_actor_issuer, p_actor_subject, p_actor_role, p_target_type, p_target_id,"
+    " p_client_ip, p_user_agent, p_correlation_id, p_trace_id, p_details);"
+    " UPDATE public.audit_chain_heads SET seq = event_seq, hash = event_hash WHERE tenant_id = p_tenant_id; END"
+)
+# Functions that must run as their owner (SECURITY DEFINER, VOLATILE); every other callable one
+# runs as the caller (SECURITY INVOKER, STABLE).
+DEFINER_FUNCTIONS = frozenset({AUDIT_APPEND})
 CALLABLE_CONFIG = ["search_path=pg_catalog, pg_temp"]
+# The audit trail's tables, which the app role may only read: it appends through AUDIT_APPEND.
+AUDIT_TABLES = ("public.audit_events", "public.audit_chain_heads")
 
 # The session timeouts the app role must start with (migration 0008 sets them on the database), and
 # the most an operator may raise each to: 0 (no limit) or more lets one tenant's work hold others.
@@ -357,6 +397,21 @@ _SQL_RISKY_PRIVILEGES = text(
       from pg_class c join pg_namespace n on n.oid = c.relnamespace cross join me
      where c.relkind in ('r', 'p') and {_user_schema('n')}
      order by 2, 1
+    """
+)
+
+# Any write the app role (or a role it can become) holds on the audit tables, table- or column-level.
+_SQL_AUDIT_WRITES = text(
+    f"""
+    with me as ({_ME})
+    select me.rolname, want.name, p.privilege
+      from unnest(cast(:tables as text[])) as want(name)
+      cross join me
+      cross join unnest(array['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) as p(privilege)
+     where to_regclass(want.name) is not null
+       and (has_table_privilege(me.oid, to_regclass(want.name), p.privilege)
+            or (p.privilege in ('INSERT', 'UPDATE') and has_any_column_privilege(me.oid, to_regclass(want.name), p.privilege)))
+     order by 2, 1, 3
     """
 )
 
@@ -542,6 +597,19 @@ def _check_table_privileges(conn: sqlalchemy.Connection) -> list[Finding]:
                 Finding("table_privileges", name, f"The app role {rolname} holds {' and '.join(held)} on {name}, which row level security does not govern.")
             )
     return findings
+
+
+def _check_audit_writes(conn: sqlalchemy.Connection) -> list[Finding]:
+    """The audit tables are read-only to the app role: appends go through AUDIT_APPEND, which links them."""
+    held: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for rolname, name, privilege in conn.execute(_SQL_AUDIT_WRITES, {"tables": list(AUDIT_TABLES)}):
+        held[(name, rolname)].append(privilege)
+    return [
+        Finding("audit_append_only", name,
+                f"The app role {rolname} holds {', '.join(privileges)} on {name}: it could write audit events or move a chain "
+                f"head of its own making; it may only append through {AUDIT_APPEND.partition('(')[0]}.")
+        for (name, rolname), privileges in held.items()
+    ]
 
 
 def _check_row_level_security(conn: sqlalchemy.Connection) -> list[Finding]:
@@ -754,21 +822,25 @@ def _check_timeouts(conn: sqlalchemy.Connection) -> list[Finding]:
 
 
 def _check_functions(conn: sqlalchemy.Connection) -> list[Finding]:
-    """Each function the policies call exists with exactly its expected body and properties."""
+    """Each function the app calls (the policies' checks, the audit append) exists with exactly its expected body and properties."""
     found = {row.name: row for row in conn.execute(_SQL_CALLABLE)}
     findings = []
     for name, body in CALLABLE_FUNCTIONS.items():
         row = found.get(name)
         if row is None:
-            findings.append(Finding("function_canonical", name, f"The function {name}, which the policies call, does not exist."))
+            findings.append(Finding("function_canonical", name, f"The function {name}, which the app calls, does not exist."))
             continue
         problems = []
         if " ".join(row.prosrc.split()) != body:
             problems.append(f"its body is {' '.join(row.prosrc.split())}; expected {body}")
-        if row.prosecdef:
+        definer = name in DEFINER_FUNCTIONS
+        if definer and not row.prosecdef:
+            problems.append("it is not SECURITY DEFINER (the app role may not write the audit tables itself)")
+        if not definer and row.prosecdef:
             problems.append("it is SECURITY DEFINER (it must run as the caller, under the caller's policies)")
-        if row.provolatile != "s" or row.lanname != "plpgsql" or list(row.proconfig or []) != CALLABLE_CONFIG:
-            problems.append(f"it must be STABLE, plpgsql, with {CALLABLE_CONFIG[0]}")
+        volatility, label = ("v", "VOLATILE") if definer else ("s", "STABLE")
+        if row.provolatile != volatility or row.lanname != "plpgsql" or list(row.proconfig or []) != CALLABLE_CONFIG:
+            problems.append(f"it must be {label}, plpgsql, with {CALLABLE_CONFIG[0]}")
         if problems:
             findings.append(Finding("function_canonical", name, f"The function {name} " + "; ".join(problems) + "."))
     return findings
@@ -996,6 +1068,7 @@ def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None =
         (("role_ownership",), _check_role_ownership),
         (("role_timeouts",), _check_timeouts),
         (("table_privileges",), _check_table_privileges),
+        (("audit_append_only",), _check_audit_writes),
         (("rls_enabled", "force_rls", "policy_missing", "policy_using", "policy_with_check", "permissive_policies"), _check_row_level_security),
         (("view_security_invoker",), _check_views),
         (("definer_search_path",), _check_definer_functions),

@@ -14,7 +14,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool, text
 
-from app.db.doctor import TENANT_TABLES, Report, canonical, run_doctor
+from app.db.doctor import AUDIT_APPEND, TENANT_TABLES, Report, canonical, run_doctor
 from app.db.migrate import alembic_config
 from tests.support.database import superuser_execute
 
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 _TENANT = "(select nullif(current_setting('app.tenant_id', true), '')::uuid)"
 _WORKSPACE = "(select nullif(current_setting('app.workspace_id', true), '')::uuid)"
+_APPEND = AUDIT_APPEND
+_APPEND_TYPES = (
+    "private.audit_append(uuid, uuid, timestamptz, text, text, text, bytea, bytea, uuid, text, uuid, text, text, text, text, text,"
+    " inet, text, text, text, jsonb)"
+)
 
 
 def doctor(db: TestDatabase) -> Report:
@@ -205,6 +210,39 @@ MUTANTS = [
         "tenant_policy_dropped_leaving_only_restrictive",
         ["DROP POLICY tenant_isolation ON tenant_data_keys"],
         {("permissive_policies", "public.tenant_data_keys"), ("policy_expected", "public.tenant_data_keys.tenant_isolation")},
+    ),
+    # Issue 16: the audit chain is written only through private.audit_append.
+    (
+        "app_role_may_insert_audit_events",
+        ["GRANT INSERT ON audit_events TO {app}"],
+        {("audit_append_only", "public.audit_events")},
+    ),
+    (
+        "app_role_may_move_chain_heads",
+        ["GRANT UPDATE (seq, hash) ON audit_chain_heads TO {app}"],
+        {("audit_append_only", "public.audit_chain_heads")},
+    ),
+    (
+        "app_role_may_create_chain_heads",
+        ["GRANT INSERT ON audit_chain_heads TO {app}"],
+        {("audit_append_only", "public.audit_chain_heads")},
+    ),
+    (
+        # The one weakening an insider would make: the function appends to whichever tenant it is given.
+        "append_function_skips_the_tenant_check",
+        [f"DO $do$ BEGIN EXECUTE replace(pg_get_functiondef('{_APPEND_TYPES}'::regprocedure),"
+         " 'OR p_tenant_id <> context_tenant', ''); END $do$"],
+        {("function_canonical", _APPEND)},
+    ),
+    (
+        "append_function_made_security_invoker",
+        [f"ALTER FUNCTION {_APPEND_TYPES} SECURITY INVOKER"],
+        {("function_canonical", _APPEND)},
+    ),
+    (
+        "append_function_search_path_unpinned",
+        [f"ALTER FUNCTION {_APPEND_TYPES} RESET search_path"],
+        {("function_canonical", _APPEND), ("definer_search_path", _APPEND)},
     ),
 ]
 

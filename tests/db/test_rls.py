@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
+from app.audit.service import ANONYMOUS, Category, RequestMeta, record
 from app.db.session import DbContext, apply_context, make_session_factory
 from tests.support.database import clone, superuser_execute
 
@@ -50,7 +51,8 @@ def seed_tenant(factory) -> dict[str, uuid.UUID]:
             apply_context(s, DbContext(tenant_id=ids["tenant"], workspace_id=ids[ws], user_id=ids["user"]))
             s.execute(text("insert into documents (tenant_id, id, workspace_id, title, body, author_id) values (:tenant, :doc, :ws, 'D', 'body', :user)"), {"tenant": ids["tenant"], "doc": ids[doc], "ws": ids[ws], "user": ids["user"]})
             apply_context(s, DbContext(tenant_id=ids["tenant"]))
-        s.execute(text("insert into audit_events (tenant_id, id, category, action, outcome) values (:tenant, :id, 'test', 'seed', 'success')"), {"tenant": ids["tenant"], "id": uuid.uuid4()})
+        # Through the appliance's own path: the app role may not INSERT into audit_events (issue 16).
+        record(s, tenant_id=ids["tenant"], actor=ANONYMOUS, meta=RequestMeta(), category=Category.configuration_change, action="seed")
     return ids
 
 

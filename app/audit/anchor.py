@@ -1,0 +1,333 @@
+"""Signed checkpoints of the audit chains, written outside PostgreSQL: what anchors the chains.
+
+Why (issue 16): the hash chain proves that nobody edited an event without re-chaining the ones
+after it, but whoever holds the schema owner's credentials can do exactly that, head included, and
+the chain verifies again. A checkpoint records, per chain, the last `seq`, its `hash` and the time,
+signed with an Ed25519 key that no database role can read, in a sink the database roles cannot
+write. `palisade audit verify` then checks each chain against every checkpoint it reads: an event
+at or before a checkpointed `seq` that was rewritten (and re-chained) no longer hashes to the
+checkpoint's value, and a chain cut back below it is shorter than the checkpoint says.
+
+- The record, one JSON line: `{"v":1,"tenant_id":…,"seq":…,"hash":…,"at":…,"key":…,"sig":…}`.
+  `sig` is the Ed25519 signature (base64) over `DOMAIN` followed by the line's other fields as
+  sorted compact JSON; `key` names the public key (the first 16 bytes of SHA-256 over its raw
+  form, hex), so a verifier with several public keys (rotation) knows which one to use.
+- The signing key: a PEM (PKCS#8) Ed25519 private key in a file only the service's user can read,
+  refused otherwise, with the same checks as the KEK files (`app.crypto.secrets`). The verifier
+  needs only the public key.
+- Sinks are pluggable (`CheckpointSink`): `FileSink` appends to one file per UTC day in a
+  directory (O_APPEND, one write per batch, fsync); forwarding it off-host is the operator's part.
+- `Checkpointer` takes checkpoints every `interval` seconds in a background thread of the app, and
+  once more when it stops; `palisade audit checkpoint` takes them on demand. A chain whose head has
+  not moved since this process last checkpointed it is skipped.
+
+What is anchored is what was checkpointed: events appended after the last checkpoint are not.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.audit import repository as repo
+from app.crypto.secrets import UnsafeSecretFile, check_directory, read_private_file
+from app.db.session import DbContext, apply_context
+
+log = logging.getLogger("palisade.audit")
+
+DOMAIN = b"palisade audit checkpoint v1\n"
+VERSION = 1
+_HASH = re.compile(r"[0-9a-f]{64}")
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
+MAX_KEY_FILE_BYTES = 4096
+
+
+class CheckpointError(Exception):
+    """A key or sink problem; messages name files and key ids, never key material."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    tenant_id: uuid.UUID
+    seq: int
+    hash: str
+    at: datetime
+    key: str
+
+    def body(self) -> dict[str, object]:
+        return {"v": VERSION, "tenant_id": str(self.tenant_id), "seq": self.seq, "hash": self.hash,
+                "at": self.at.astimezone(UTC).isoformat(timespec="microseconds"), "key": self.key}
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of the sink that is not a checkpoint signed by a known key: someone else wrote it."""
+
+    source: str
+    line: int
+    reason: str
+
+
+def _signed_bytes(body: Mapping[str, object]) -> bytes:
+    return DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+class Signer:
+    """Signs checkpoints with an Ed25519 private key."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self.key_id = key_id(self.public_key)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Signer:
+        """The key in `path`, after the owner-only checks of the secret files."""
+        shown = Path(path)
+        data = read_private_file(check_directory(shown.parent), shown.name, max_bytes=MAX_KEY_FILE_BYTES)
+        if data is None:
+            raise CheckpointError(f"no checkpoint signing key at {shown}")
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise CheckpointError(f"{shown} is not an unencrypted PEM private key") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise CheckpointError(f"{shown} is not an Ed25519 key")
+        return cls(key)
+
+    def line(self, tenant_id: uuid.UUID, seq: int, hash_: str, at: datetime) -> tuple[Checkpoint, bytes]:
+        checkpoint = Checkpoint(tenant_id, seq, hash_, at, self.key_id)
+        body = checkpoint.body()
+        signature = base64.b64encode(self._key.sign(_signed_bytes(body))).decode()
+        return checkpoint, json.dumps({**body, "sig": signature}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+_PEM_PUBLIC = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def public_keys_from_file(path: str | os.PathLike[str]) -> dict[str, Ed25519PublicKey]:
+    """Every PEM public key in the file (one per key in use or retired), by key id."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read the checkpoint public key file {path}: {exc.strerror}") from None
+    keys: dict[str, Ed25519PublicKey] = {}
+    for block in _PEM_PUBLIC.findall(data):
+        key = serialization.load_pem_public_key(block)
+        if not isinstance(key, Ed25519PublicKey):
+            raise CheckpointError(f"{path} holds a public key that is not Ed25519")
+        keys[key_id(key)] = key
+    if not keys:
+        raise CheckpointError(f"{path} holds no PEM public key")
+    return keys
+
+
+def parse_line(raw: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Checkpoint | str:
+    """The checkpoint on this line, or why it is not a valid one."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return "not a JSON checkpoint record"
+    if not isinstance(record, dict) or set(record) != {"v", "tenant_id", "seq", "hash", "at", "key", "sig"}:
+        return "not a checkpoint record (unexpected fields)"
+    sig = record.pop("sig")
+    if record["v"] != VERSION or not isinstance(record["key"], str) or not _KEY_ID.fullmatch(record["key"]):
+        return "unknown record version or key id"
+    public = keys.get(record["key"])
+    if public is None:
+        return f"signed by key {record['key']}, which is not among the public keys given"
+    try:
+        public.verify(base64.b64decode(sig, validate=True), _signed_bytes(record))
+    except (InvalidSignature, binascii.Error, TypeError, ValueError):
+        return f"its signature does not verify under key {record['key']}"
+    try:
+        checkpoint = Checkpoint(uuid.UUID(record["tenant_id"]), int(record["seq"]), str(record["hash"]),
+                                datetime.fromisoformat(record["at"]), record["key"])
+    except (ValueError, TypeError):
+        return "a signed record with malformed fields"
+    if type(record["seq"]) is not int or checkpoint.seq < 1 or not _HASH.fullmatch(checkpoint.hash):
+        return "a signed record with malformed fields"
+    return checkpoint
+
+
+# --- sinks ------------------------------------------------------------------------------------
+
+
+class CheckpointSink(Protocol):
+    """Where checkpoints go: append-only as far as this process is concerned, readable for verify."""
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        """Append these lines (each ends with a newline) as one write."""
+        ...
+
+    def read(self) -> Iterator[tuple[str, int, bytes]]:
+        """Every line written so far: (source, line number, bytes)."""
+        ...
+
+
+_DAY_FILE = re.compile(r"checkpoints-\d{4}-\d{2}-\d{2}\.jsonl")
+
+
+class FileSink:
+    """`directory/checkpoints-<UTC date>.jsonl`, appended to (O_APPEND), never rewritten by this process."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise CheckpointError(f"the checkpoint directory {self.directory} does not exist")
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        if not lines:
+            return
+        path = self.directory / f"checkpoints-{datetime.now(UTC):%Y-%m-%d}.jsonl"
+        data = b"".join(lines)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            written = os.write(fd, data)  # one write: concurrent writers' batches never interleave
+            if written != len(data):
+                raise CheckpointError(f"short write to {path}: {written} of {len(data)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> Iterator[tuple[str, int, bytes]]:
+        for path in sorted(p for p in self.directory.iterdir() if _DAY_FILE.fullmatch(p.name)):
+            with path.open("rb") as f:
+                for number, raw in enumerate(f, start=1):
+                    if raw.strip():
+                        yield str(path), number, raw
+
+
+def sink_from_settings(settings: object) -> CheckpointSink | None:
+    kind = getattr(settings, "audit_checkpoint_sink", "none")
+    if kind == "file":
+        directory = getattr(settings, "audit_checkpoint_dir", None)
+        if not directory:
+            raise CheckpointError("the file checkpoint sink needs PALISADE_AUDIT_CHECKPOINT_DIR")
+        return FileSink(directory)
+    return None
+
+
+def read_checkpoints(sink: CheckpointSink, keys: Mapping[str, Ed25519PublicKey]) -> tuple[dict[uuid.UUID, list[Checkpoint]], list[BadLine]]:
+    """Every valid checkpoint by chain (oldest seq first), and every line that is not one."""
+    found: dict[uuid.UUID, list[Checkpoint]] = {}
+    bad: list[BadLine] = []
+    for source, number, raw in sink.read():
+        parsed = parse_line(raw, keys)
+        if isinstance(parsed, str):
+            bad.append(BadLine(source, number, parsed))
+        else:
+            found.setdefault(parsed.tenant_id, []).append(parsed)
+    for checkpoints in found.values():
+        checkpoints.sort(key=lambda c: (c.seq, c.at))
+    return found, bad
+
+
+# --- taking checkpoints -----------------------------------------------------------------------
+
+
+def read_heads(sessions: sessionmaker[Session], tenant_ids: Iterable[uuid.UUID]) -> list[tuple[uuid.UUID, int, str]]:
+    """Each chain's committed head (seq, hash), as the app role, in one transaction."""
+    heads = []
+    with sessions() as session, session.begin():
+        for tenant_id in tenant_ids:
+            apply_context(session, DbContext(tenant_id=tenant_id))
+            head = repo.head(session, tenant_id)
+            if head is not None and head[0] > 0:
+                heads.append((tenant_id, head[0], head[1]))
+    return heads
+
+
+def take_checkpoints(sessions: sessionmaker[Session], signer: Signer, sink: CheckpointSink,
+                     tenant_ids: Sequence[uuid.UUID] | None = None, *,
+                     skip: Mapping[uuid.UUID, int] | None = None) -> list[Checkpoint]:
+    """Sign and append a checkpoint of every chain (or those given) whose head is not at `skip`'s seq."""
+    from app.audit.verify import all_chains
+
+    heads = read_heads(sessions, tenant_ids or all_chains(sessions))
+    now = datetime.now(UTC)
+    signed = [signer.line(t, seq, hash_, now) for t, seq, hash_ in heads if (skip or {}).get(t) != seq]
+    sink.append([line for _, line in signed])
+    return [checkpoint for checkpoint, _ in signed]
+
+
+class Checkpointer:
+    """Takes checkpoints every `interval` seconds in a background thread, and once more on stop()."""
+
+    def __init__(self, sessions: sessionmaker[Session], signer: Signer, sink: CheckpointSink, *, interval: float) -> None:
+        self._sessions, self._signer, self._sink, self._interval = sessions, signer, sink, interval
+        self._last: dict[uuid.UUID, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run_once(self) -> list[Checkpoint]:
+        """Checkpoint every chain whose head moved since this process last checkpointed it."""
+        with self._lock:
+            taken = take_checkpoints(self._sessions, self._signer, self._sink, skip=dict(self._last))
+            for checkpoint in taken:
+                self._last[checkpoint.tenant_id] = checkpoint.seq
+            return taken
+
+    def _tick(self) -> None:
+        try:
+            self.run_once()
+        except Exception:  # the database or the sink is away: the next tick tries again
+            log.exception("audit_checkpoint_failed")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._tick()
+
+    def start(self) -> Checkpointer:
+        self._thread = threading.Thread(target=self._run, name="audit-checkpointer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._tick()  # what was appended since the last tick is anchored too
+
+
+def signer_from_settings(settings: object) -> Signer | None:
+    path = getattr(settings, "audit_checkpoint_key_file", None)
+    return Signer.from_file(path) if path else None
+
+
+def verifier_keys(settings: object) -> dict[str, Ed25519PublicKey]:
+    """The public keys verify checks signatures with: the public key file, else the signing key's own."""
+    path = getattr(settings, "audit_checkpoint_public_key_file", None)
+    if path:
+        return public_keys_from_file(path)
+    signer = signer_from_settings(settings)
+    if signer is None:
+        raise CheckpointError("verifying checkpoints needs PALISADE_AUDIT_CHECKPOINT_PUBLIC_KEY_FILE (or the signing key)")
+    return {signer.key_id: signer.public_key}
+
+
+__all__ = ["BadLine", "Checkpoint", "CheckpointError", "CheckpointSink", "Checkpointer", "FileSink", "Signer",
+           "UnsafeSecretFile", "public_keys_from_file", "read_checkpoints", "take_checkpoints"]

@@ -1,0 +1,229 @@
+"""Signed checkpoints outside PostgreSQL anchor the chains: a rewrite re-chained by the schema owner is found.
+
+Issue 16: as the schema owner, one event's `action` was changed and every later event re-chained,
+head included, and `palisade audit verify` reported no break. These tests run that probe exactly as
+an attacker would (with the code in app/audit/chain.py), against the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, pool, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.audit import repository as repo
+from app.audit.anchor import FileSink, Signer, read_checkpoints
+from app.audit.chain import event_hash
+from app.audit.service import ANONYMOUS, Category, RequestMeta, record
+from app.db.session import DbContext, apply_context, make_engine, make_session_factory
+from app.main import create_app
+from tests.audit.test_chain import verify_cli
+from tests.support.database import ROOT, superuser_execute
+
+
+def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+@pytest.fixture
+def anchor(tmp_path: Path) -> dict[str, str]:
+    """A signing key only this user can read, its public key, and a file sink: the settings as variables."""
+    keys, sink = tmp_path / "keys", tmp_path / "sink"
+    keys.mkdir(mode=0o700)
+    sink.mkdir()
+    key = Ed25519PrivateKey.generate()
+    _write_key(keys / "checkpoint.key", key)
+    (tmp_path / "checkpoint.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return {"PALISADE_AUDIT_CHECKPOINT_SINK": "file", "PALISADE_AUDIT_CHECKPOINT_DIR": str(sink),
+            "PALISADE_AUDIT_CHECKPOINT_KEY_FILE": str(keys / "checkpoint.key"),
+            "PALISADE_AUDIT_CHECKPOINT_PUBLIC_KEY_FILE": str(tmp_path / "checkpoint.pub")}
+
+
+# What an auditor's machine has: the sink's copy and the public key, not the signing key.
+def _verifier(anchor: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in anchor.items() if k != "PALISADE_AUDIT_CHECKPOINT_KEY_FILE"}
+
+
+@pytest.fixture
+def sessions(database) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database.app_url, pool_size=2)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _events(sessions: sessionmaker[Session], tenant_id: uuid.UUID, n: int) -> None:
+    for i in range(n):
+        with sessions() as session, session.begin():
+            apply_context(session, DbContext(tenant_id=tenant_id))
+            record(session, tenant_id=tenant_id, actor=ANONYMOUS, meta=RequestMeta(correlation_id=f"c{i}"),
+                   category=Category.role_change, action="role.grant", details={"role": "viewer"})
+
+
+def checkpoint_cli(database, anchor: dict[str, str], *tenants: uuid.UUID) -> subprocess.CompletedProcess[str]:
+    args = [arg for t in tenants for arg in ("--tenant", str(t))]
+    return subprocess.run([sys.executable, "-m", "app.cli", "audit", "checkpoint", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PALISADE_DATABASE_URL": database.app_url, **anchor}, timeout=120)
+
+
+def rechain(database, tenant_id: uuid.UUID, seq: int, *, action: str = "role.revoke", keep: int | None = None) -> None:
+    """The probe, as the schema owner: rewrite one event, recompute its hash and every later one's, and the head.
+
+    With `keep`, events after seq `keep` are deleted first and the head moved back to it.
+    """
+    engine = create_engine(database.admin_url, poolclass=pool.NullPool)
+    with sessionmaker(engine)() as session, session.begin():
+        apply_context(session, DbContext(tenant_id=tenant_id))
+        conn = session.connection()
+        if keep is not None:
+            conn.execute(text("delete from audit_events where tenant_id = :t and seq > :k"), {"t": tenant_id, "k": keep})
+        events = list(repo.chain_links(session, tenant_id))
+        prev = None
+        for event in events:
+            if event["seq"] == seq:
+                event["action"] = action
+            if event["seq"] >= seq:
+                event["prev_hash"] = prev if prev is not None else event["prev_hash"]
+                event["hash"] = event_hash(event)
+                conn.execute(text("update audit_events set action = :a, prev_hash = :p, hash = :h where tenant_id = :t and seq = :s"),
+                             {"a": event["action"], "p": event["prev_hash"], "h": event["hash"], "t": tenant_id, "s": event["seq"]})
+            prev = event["hash"]
+        conn.execute(text("update audit_chain_heads set seq = :s, hash = :h where tenant_id = :t"),
+                     {"s": events[-1]["seq"], "h": events[-1]["hash"], "t": tenant_id})
+    engine.dispose()
+
+
+def test_a_rewrite_rechained_by_the_schema_owner_is_found_against_an_earlier_checkpoint(sessions, database, anchor) -> None:
+    tenant_id = uuid.uuid4()
+    _events(sessions, tenant_id, 8)
+    taken = checkpoint_cli(database, anchor, tenant_id)
+    assert taken.returncode == 0, taken.stderr
+    assert f"checkpoint {tenant_id}: seq 8 " in taken.stdout
+    _events(sessions, tenant_id, 2)  # after the checkpoint: not anchored
+    ok = verify_cli(database, tenant_id, env=_verifier(anchor))
+    assert ok.returncode == 0, ok.stderr
+    assert f"ok {tenant_id}: 10 events, anchored up to seq 8" in ok.stdout
+
+    rechain(database, tenant_id, 3)
+    # The chain proves itself again: without the checkpoint, nothing shows (the documented limit).
+    assert verify_cli(database, tenant_id).returncode == 0
+    found = verify_cli(database, tenant_id, env=_verifier(anchor))
+    assert found.returncode == 1
+    assert f"BROKEN {tenant_id}: rewritten: event seq 8 " in found.stderr
+    assert "from seq 1 up to seq 8 was rewritten" in found.stderr
+
+
+def test_checkpoints_narrow_down_where_the_rewrite_happened(sessions, database, anchor) -> None:
+    tenant_id = uuid.uuid4()
+    _events(sessions, tenant_id, 2)
+    assert checkpoint_cli(database, anchor, tenant_id).returncode == 0  # seq 2
+    _events(sessions, tenant_id, 4)
+    assert checkpoint_cli(database, anchor, tenant_id).returncode == 0  # seq 6
+    rechain(database, tenant_id, 4)
+    found = verify_cli(database, tenant_id, env=_verifier(anchor))
+    assert found.returncode == 1
+    assert "event seq 6 " in found.stderr and "after seq 2 " in found.stderr and "up to seq 6 was rewritten" in found.stderr
+
+
+def test_a_rewrite_after_the_last_checkpoint_is_not_anchored(sessions, database, anchor) -> None:
+    tenant_id = uuid.uuid4()
+    _events(sessions, tenant_id, 3)
+    assert checkpoint_cli(database, anchor, tenant_id).returncode == 0
+    _events(sessions, tenant_id, 3)
+    rechain(database, tenant_id, 5)  # seq 4 to 6 were never checkpointed
+    assert verify_cli(database, tenant_id, env=_verifier(anchor)).returncode == 0
+
+
+def test_events_dropped_with_the_head_moved_back_are_found(sessions, database, anchor) -> None:
+    tenant_id = uuid.uuid4()
+    _events(sessions, tenant_id, 6)
+    assert checkpoint_cli(database, anchor, tenant_id).returncode == 0
+    rechain(database, tenant_id, 2, keep=4)  # and events 5, 6 deleted, head at 4
+    assert verify_cli(database, tenant_id).returncode == 0
+    found = verify_cli(database, tenant_id, env=_verifier(anchor))
+    assert found.returncode == 1
+    # Seq 4 was re-chained, so the first thing the checkpoint at seq 6 shows is that the chain is too short.
+    assert f"BROKEN {tenant_id}: dropped: the checkpoint of " in found.stderr
+    assert "records seq 6 but the chain ends at seq 4" in found.stderr
+
+
+def test_a_checkpoint_line_the_key_did_not_sign_is_named(sessions, database, anchor) -> None:
+    tenant_id = uuid.uuid4()
+    _events(sessions, tenant_id, 2)
+    assert checkpoint_cli(database, anchor, tenant_id).returncode == 0
+    (day,) = Path(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]).iterdir()
+    line = json.loads(day.read_text())
+    forged = {**line, "seq": 1}  # the same signature over other values
+    other = Signer(Ed25519PrivateKey.generate()).line(tenant_id, 2, "0" * 64, datetime.now(UTC))[1]  # another key
+    with day.open("a") as f:
+        f.write(json.dumps(forged) + "\n")
+        f.write(other.decode())
+    found = verify_cli(database, tenant_id, env=_verifier(anchor))
+    assert found.returncode == 1
+    assert f"BROKEN checkpoint {day}:2: its signature does not verify" in found.stderr
+    assert f"BROKEN checkpoint {day}:3: signed by key " in found.stderr and "not among the public keys" in found.stderr
+    assert f"ok {tenant_id}: 2 events, anchored up to seq 2" in found.stdout  # the genuine checkpoint still counts
+
+
+def test_a_signing_key_others_can_read_is_refused(sessions, database, anchor) -> None:
+    Path(anchor["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"]).chmod(0o644)
+    result = checkpoint_cli(database, anchor, uuid.uuid4())
+    assert result.returncode == 1
+    assert "refusing secret file" in result.stderr and "lets group or others access it" in result.stderr
+    assert list(Path(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]).iterdir()) == []
+
+
+def test_the_app_checkpoints_what_it_appended_when_it_stops(database, idp, anchor) -> None:
+    from tests.support.api import settings_for
+
+    configured = {name.removeprefix("PALISADE_").lower(): value for name, value in anchor.items()}
+    settings = settings_for(database, idp, audit_checkpoint_seconds=0, **configured)  # no timer: only the stop-time checkpoint
+    tenant_id = uuid.uuid4()  # a listed tenant: the app checkpoints every chain it lists
+    superuser_execute(database.superuser_db_url, f"insert into tenants (id, name, slug) values ('{tenant_id}', 'A', 'a-{tenant_id}')")
+    app = create_app(settings)
+    with TestClient(app):
+        _events(app.state.sessions, tenant_id, 3)
+    signer = Signer.from_file(anchor["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"])
+    found, bad = read_checkpoints(FileSink(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]), {signer.key_id: signer.public_key})
+    assert bad == []
+    assert [(c.seq, c.hash) for c in found[tenant_id]] == [(3, _head_hash(database, tenant_id))]
+
+
+def _head_hash(database, tenant_id: uuid.UUID) -> str:
+    engine = create_engine(database.superuser_db_url, poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        value = conn.execute(text("select hash from audit_chain_heads where tenant_id = :t"), {"t": tenant_id}).scalar_one()
+    engine.dispose()
+    return value
+
+
+def test_the_timer_checkpoints_only_chains_whose_head_moved(sessions, database, anchor) -> None:
+    from app.audit.anchor import Checkpointer
+
+    tenant_id = uuid.uuid4()
+    superuser_execute(database.superuser_db_url, f"insert into tenants (id, name, slug) values ('{tenant_id}', 'B', 'b-{tenant_id}')")
+    _events(sessions, tenant_id, 2)
+    timer = Checkpointer(sessions, Signer.from_file(anchor["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"]),
+                         FileSink(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]), interval=3600)  # ticks called here, not timed
+
+    def mine(taken: list) -> list[int]:
+        return [c.seq for c in taken if c.tenant_id == tenant_id]
+
+    assert mine(timer.run_once()) == [2]
+    assert mine(timer.run_once()) == []  # the head did not move: nothing written for it
+    _events(sessions, tenant_id, 1)
+    assert mine(timer.run_once()) == [3]
