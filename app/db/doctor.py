@@ -292,8 +292,11 @@ CALLABLE_FUNCTIONS[AUDIT_APPEND] = (
 # runs as the caller (SECURITY INVOKER, STABLE).
 DEFINER_FUNCTIONS = frozenset({AUDIT_APPEND})
 CALLABLE_CONFIG = ["search_path=pg_catalog, pg_temp"]
-# The audit trail's tables, which the app role may only read: it appends through AUDIT_APPEND.
-AUDIT_TABLES = ("public.audit_events", "public.audit_chain_heads")
+# What the app role must never hold on the audit trail's tables: events are never changed or
+# removed, heads never removed (it appends through AUDIT_APPEND). INSERT on both and UPDATE on the
+# heads are still held while a previous release may append directly (migration 0010: expand); the
+# contract migration of a later release revokes them, and this list grows to every write then.
+AUDIT_FORBIDDEN = {"public.audit_events": ("UPDATE", "DELETE", "TRUNCATE"), "public.audit_chain_heads": ("DELETE", "TRUNCATE")}
 
 # The session timeouts the app role must start with (migration 0008 sets them on the database), and
 # the most an operator may raise each to: 0 (no limit) or more lets one tenant's work hold others.
@@ -600,14 +603,15 @@ def _check_table_privileges(conn: sqlalchemy.Connection) -> list[Finding]:
 
 
 def _check_audit_writes(conn: sqlalchemy.Connection) -> list[Finding]:
-    """The audit tables are read-only to the app role: appends go through AUDIT_APPEND, which links them."""
+    """No write on the audit tables that the trail forbids (`AUDIT_FORBIDDEN`)."""
     held: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for rolname, name, privilege in conn.execute(_SQL_AUDIT_WRITES, {"tables": list(AUDIT_TABLES)}):
-        held[(name, rolname)].append(privilege)
+    for rolname, name, privilege in conn.execute(_SQL_AUDIT_WRITES, {"tables": list(AUDIT_FORBIDDEN)}):
+        if privilege in AUDIT_FORBIDDEN[name]:
+            held[(name, rolname)].append(privilege)
     return [
         Finding("audit_append_only", name,
-                f"The app role {rolname} holds {', '.join(privileges)} on {name}: it could write audit events or move a chain "
-                f"head of its own making; it may only append through {AUDIT_APPEND.partition('(')[0]}.")
+                f"The app role {rolname} holds {', '.join(privileges)} on {name}: it could rewrite or remove what the audit "
+                f"trail recorded; it may only append, through {AUDIT_APPEND.partition('(')[0]}.")
         for (name, rolname), privileges in held.items()
     ]
 

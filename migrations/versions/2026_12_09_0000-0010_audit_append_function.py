@@ -1,4 +1,4 @@
-"""Audit events are appended only through `private.audit_append`; the app role may no longer write the chain.
+"""Audit events are appended through `private.audit_append` (the expand step; the REVOKE comes later).
 
 Why (issue 16): the app role held INSERT on `audit_events` and INSERT, UPDATE on
 `audit_chain_heads`, so whoever held its credentials could write a well-formed event with any
@@ -21,11 +21,13 @@ It lives in the schema `private` (USAGE for the app role only, CREATE for nobody
 with `search_path = pg_catalog, pg_temp` and every table named with its schema. EXECUTE is revoked
 from PUBLIC and granted to the app role only.
 
-Expand/contract: the function, the release that calls it and the REVOKE ship together in this one
-revision. A single-host install migrates and restarts onto the new release at once. With several
-app hosts (the rolling upgrade migrates on the first host), hosts still on the previous release
-cannot write audit events after this migration, so their audited actions fail (500) until their
-turn; the release notes say so.
+Expand/contract: this revision only adds the function, and this release appends through it. The
+app role keeps INSERT on `audit_events` and INSERT, UPDATE on `audit_chain_heads` for now, because
+a running install's previous release (the old Azure revision until the new one takes traffic, the
+hosts of a rolling on-prem upgrade not yet upgraded) still appends directly; revoking them here
+would fail every audited action of those until their turn. The contract step, a later release's
+migration, revokes them once no supported release writes the chain directly (doctor then checks
+it).
 
 Revision ID: 0010
 Revises: 0009
@@ -107,14 +109,8 @@ def upgrade() -> None:
     )
     op.execute(f"REVOKE ALL ON FUNCTION {SIGNATURE} FROM PUBLIC")
     op.execute(f'GRANT EXECUTE ON FUNCTION {SIGNATURE} TO "{role}"')
-    # The contract step: the app (this release) appends through the function only.
-    op.execute(f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES ON audit_events FROM "{role}"')
-    op.execute(f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES ON audit_chain_heads FROM "{role}"')
 
 
 def downgrade() -> None:
-    role = app_role()
-    op.execute(f'GRANT INSERT ON audit_events TO "{role}"')
-    op.execute(f'GRANT INSERT, UPDATE ON audit_chain_heads TO "{role}"')
     op.execute(f"DROP FUNCTION {SIGNATURE}")
     op.execute("DROP SCHEMA private")

@@ -211,20 +211,20 @@ MUTANTS = [
         ["DROP POLICY tenant_isolation ON tenant_data_keys"],
         {("permissive_policies", "public.tenant_data_keys"), ("policy_expected", "public.tenant_data_keys.tenant_isolation")},
     ),
-    # Issue 16: the audit chain is written only through private.audit_append.
+    # Issue 16: the audit trail is append-only for the app role (appends go through private.audit_append).
     (
-        "app_role_may_insert_audit_events",
-        ["GRANT INSERT ON audit_events TO {app}"],
+        "app_role_may_rewrite_audit_events",
+        ["GRANT UPDATE (action) ON audit_events TO {app}"],
         {("audit_append_only", "public.audit_events")},
     ),
     (
-        "app_role_may_move_chain_heads",
-        ["GRANT UPDATE (seq, hash) ON audit_chain_heads TO {app}"],
-        {("audit_append_only", "public.audit_chain_heads")},
+        "app_role_may_remove_audit_events",
+        ["GRANT DELETE ON audit_events TO {app}"],
+        {("audit_append_only", "public.audit_events")},
     ),
     (
-        "app_role_may_create_chain_heads",
-        ["GRANT INSERT ON audit_chain_heads TO {app}"],
+        "app_role_may_remove_chain_heads",
+        ["GRANT TRUNCATE ON audit_chain_heads TO {app}"],
         {("audit_append_only", "public.audit_chain_heads")},
     ),
     (
