@@ -415,11 +415,11 @@ def _kek_files(lab: Lab) -> dict[str, str]:
 def test_a_provider_credential_can_be_stored_with_the_provisioned_kek(lab):
     """An admin stores an API key for a workspace through the API and reads it back (201, 200; not
     the 503 of a server without a key-encryption key). The KEK directory is the service user's alone."""
-    created = lab.host.ssh(f"sudo palisadectl tenant create --name Keys --slug keys --admin-issuer {ISSUER} "
-                           "--admin-subject kek-admin", check=False)
-    assert created.returncode == 0, created.stdout + created.stderr
-    tenant_id = created.stdout.split()[-1]
-    token = lab.idp.token("kek-admin")
+    # The tenant the RLS test above created (alice is its customer_admin): the upgrade tests below
+    # count the tenants, so this test adds a workspace, not a tenant.
+    tenant_id = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c \"select id from tenants where slug = 'acme'\"").stdout.strip()
+    assert tenant_id, "no tenant acme: the RLS test above did not create it"
+    token = lab.idp.token("alice")
     status, workspace = _api(lab, "POST", f"/tenants/{tenant_id}/workspaces", token, {"name": "Keys", "slug": "keys"})
     assert status == 201, workspace
     secret = "sk-converge-" + uuid.uuid4().hex
@@ -439,7 +439,7 @@ def test_a_provider_credential_can_be_stored_with_the_provisioned_kek(lab):
     assert list(files) == ["kek-1.key"], files
     assert files["kek-1.key"].startswith("600 palisade ")
     lab.kek = {"files": files, "credential": f"{base}/{credential['id']}", "secret": secret,
-               "fingerprint": credential["fingerprint"], "subject": "kek-admin"}
+               "fingerprint": credential["fingerprint"], "subject": "alice"}
 
 
 def test_rotated_database_passwords_reach_no_log_and_the_app_reconnects(lab):
