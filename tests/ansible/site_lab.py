@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from conftest import ANSIBLE_DIR, REPO, ops_bin
+from oidc_stub import OidcStub
 from testhost import HOSTNAME, TestHost
 
 ISSUER = "https://idp.palisade-test.invalid/realms/palisade"
@@ -62,6 +63,11 @@ class Lab:
         self.build_dir = workdir / "build"
         self.app_password = secrets.token_urlsafe(24)
         self.admin_password = secrets.token_urlsafe(24) + "/+@:"  # characters a URL must escape
+        self.turnstile_secret = "0x4AAAAAAA" + secrets.token_hex(8)
+        # Every secret the inventory ever held (passwords before a rotation too): none may reach a log.
+        self.secrets_set: list[str] = [self.app_password, self.admin_password, self.turnstile_secret]
+        # The issuer's discovery document and keys, served on the host side of the test network.
+        self.idp = OidcStub(ISSUER, host.host_ip)
         self.runs: list[PlaybookRun] = []
         self.started = time.monotonic()
         # Versions installed so far, oldest first, and the source tree of the newest good build.
@@ -87,7 +93,7 @@ class Lab:
             "postgresql_hba_app_networks": ["127.0.0.1/32"],
             "palisade_database_host": "127.0.0.1",
             "palisade_build_dir": str(self.build_dir),
-            "palisade_issuers": [{"issuer": ISSUER, "audience": "palisade"}],
+            "palisade_issuers": [{"issuer": ISSUER, "audience": "palisade", "discovery_url": self.idp.discovery_url}],
             "palisade_settings": {"CORS_ALLOW_ORIGINS": f"https://{SERVER_NAME}"},
             "proxy_server_names": [SERVER_NAME],
             # Short, so the converge test sees a silent client and an idle connection dropped quickly.
@@ -96,16 +102,30 @@ class Lab:
             "proxy_keepalive_timeout_seconds": PROXY_KEEPALIVE_TIMEOUT_SECONDS,
         }
         (group_vars / "zz-site.yml").write_text(yaml.safe_dump(site, sort_keys=False))
+        self.vault_password_file.write_text(secrets.token_urlsafe(24) + "\n")
+        self.vault_password_file.chmod(0o600)
+        self._write_vault()
+
+    def _write_vault(self) -> None:
+        vault_file = self.inventory / "group_vars" / "all" / "vault.yml"
         vault = {
             "vault_palisade_db_admin_password": self.admin_password,
             "vault_palisade_db_app_password": self.app_password,
-            "vault_palisade_turnstile_secret": "0x4AAAAAAA" + secrets.token_hex(8),
+            "vault_palisade_turnstile_secret": self.turnstile_secret,
         }
-        (group_vars / "vault.yml").write_text(yaml.safe_dump(vault))
-        self.vault_password_file.write_text(secrets.token_urlsafe(24) + "\n")
-        self.vault_password_file.chmod(0o600)
+        vault_file.write_text(yaml.safe_dump(vault))
         subprocess.run([str(ops_bin() / "ansible-vault"), "encrypt", "--vault-password-file", str(self.vault_password_file),
-                        str(group_vars / "vault.yml")], check=True, env=self.env, capture_output=True, timeout=60)
+                        str(vault_file)], check=True, env=self.env, capture_output=True, timeout=60)
+
+    def rotate_database_passwords(self) -> None:
+        """New passwords for both database roles in the vault, as an admin rotating them would set."""
+        self.app_password = secrets.token_urlsafe(24) + "~!*"
+        self.admin_password = secrets.token_urlsafe(24) + "/+@:"
+        self.secrets_set += [self.app_password, self.admin_password]
+        self._write_vault()
+
+    def close(self) -> None:
+        self.idp.close()
 
     def playbook(self, playbook: str, *extra: str, timeout: float = 1200) -> PlaybookRun:
         log = self.workdir / f"{len(self.runs) + 1:02d}-{Path(playbook).stem}.log"

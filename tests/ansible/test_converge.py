@@ -16,6 +16,7 @@ import shlex
 import socket
 import ssl
 import time
+import uuid
 
 import pytest
 import yaml
@@ -35,8 +36,11 @@ def lab(ansible_env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("converge")
     with booted_host(workdir, lambda line: TIMINGS.append(line)) as host:
         lab = Lab(workdir, host, ansible_env)
-        lab.write_inventory()
-        yield lab
+        try:
+            lab.write_inventory()
+            yield lab
+        finally:
+            lab.close()
         for run in lab.runs:
             TIMINGS.append(f"{run.playbook} ({run.log.name}): {run.seconds:.0f}s, recap {run.recap}")
     TIMINGS.append(f"converge module in all: {time.monotonic() - started:.0f}s; logs in {workdir}")
@@ -130,13 +134,14 @@ def _tenant_slugs(lab: Lab) -> list[str]:
     return out.split()
 
 
-def _psql_as_app(lab: Lab, sql: str, *, sslmode: str = "verify-full") -> object:
+def _psql_as_app(lab: Lab, sql: str, *, sslmode: str = "verify-full", password: str | None = None) -> object:
     dsn = (f"host=127.0.0.1 dbname=palisade user=palisade_app sslmode={sslmode} "
            "sslrootcert=/etc/palisade/database-ca.pem")
     # As the service user, who may read /etc/palisade (the CA certificate); the password is the app role's.
-    command = (f"sudo -u palisade env PGPASSWORD={shlex.quote(lab.app_password)} "
-               f"psql -XAtq {shlex.quote(dsn)} -c {shlex.quote(sql)}")
-    return lab.host.ssh(command, check=False)
+    # It goes in on standard input: sudo logs its command line to the journal, which must hold no secret.
+    script = 'IFS= read -r PGPASSWORD; export PGPASSWORD; exec psql -XAtq "$0" -c "$1"'
+    command = f"sudo -u palisade sh -c {shlex.quote(script)} {shlex.quote(dsn)} {shlex.quote(sql)}"
+    return lab.host.ssh(command, check=False, input=(password or lab.app_password) + "\n")
 
 
 # --- install -------------------------------------------------------------------------------------
@@ -420,6 +425,133 @@ def test_app_role_cannot_bypass_row_level_security(lab):
     assert forced.returncode != 0 and "row-level security" in forced.stderr
     plaintext = _psql_as_app(lab, "select 1", sslmode="disable")
     assert plaintext.returncode != 0 and "no encryption" in plaintext.stderr  # pg_hba: TLS only
+
+
+# --- secrets: no password in any log, the key-encryption key ------------------------------------
+
+
+def _secrets_in_logs(lab: Lab) -> list[str]:
+    """Where any secret the inventory ever held shows up: files under /var/log on the host (the
+    PostgreSQL log, nginx, apt...), the journal (every field), and Ansible's own output. The secrets
+    are named by their place in lab.secrets_set, never printed; the patterns go to grep on standard
+    input, so no command line (which sudo logs) carries them."""
+    found = []
+    patterns = "".join(secret + "\n" for secret in lab.secrets_set)
+    files = lab.host.ssh("sudo grep -rlaF -f - /var/log", check=False, input=patterns)
+    assert files.returncode in (0, 1), files.stderr
+    found += [f"file {name}" for name in files.stdout.split()]
+    journal = lab.host.ssh("sudo journalctl --no-pager -o verbose", timeout=300).stdout
+    outputs = {"the journal": journal, **{f"Ansible's output ({run.log.name})": run.output for run in lab.runs}}
+    for where, text in outputs.items():
+        found += [f"secret #{i} in {where}" for i, secret in enumerate(lab.secrets_set) if secret in text]
+    return found
+
+
+def _postgresql_log(lab: Lab) -> str:
+    return lab.host.ssh("sudo sh -c 'cat /var/log/postgresql/*.log'").stdout
+
+
+def test_no_database_password_in_any_log_after_install(lab):
+    """The server logs DDL (log_statement=ddl), so the statements that created the two roles are in
+    its log: with a SCRAM verifier computed on the control node, never with the password."""
+    log = _postgresql_log(lab)
+    for role in ("palisade_admin", "palisade_app"):
+        created = [line for line in log.splitlines() if f'CREATE USER "{role}"' in line]
+        assert created, f"the statement creating {role} is not in the PostgreSQL log (log_statement=ddl)"
+    assert _secrets_in_logs(lab) == []
+    for role in ("palisade_admin", "palisade_app"):
+        assert all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in log.splitlines() if f'CREATE USER "{role}"' in line)
+
+
+def _api(lab: Lab, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    """One API call through nginx with a bearer token from the test's OpenID Provider."""
+    payload = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} /api/v1{path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n"
+            f"Authorization: Bearer {token}\r\nIdempotency-Key: {uuid.uuid4()}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
+    status, _, text = _https_request(lab, head.encode() + payload)
+    return status, json.loads(text) if text else {}
+
+
+def _kek_files(lab: Lab) -> dict[str, str]:
+    """name -> "mode owner sha256" of each file in the KEK directory, and "." for the directory itself."""
+    script = ("stat -c '%n %a %U' /etc/palisade/kek && cd /etc/palisade/kek && for f in *; do "
+              'echo "$f $(stat -c \'%a %U\' "$f") $(sha256sum < "$f" | cut -c1-64)"; done\n')
+    listing = lab.host.ssh("sudo sh -s", input=script, check=False)
+    assert listing.returncode == 0, f"no KEK directory /etc/palisade/kek: {listing.stderr}"
+    lines = listing.stdout.splitlines()
+    entries = {".": lines[0].split(maxsplit=1)[1]}
+    entries.update(line.split(maxsplit=1) for line in lines[1:])
+    return entries
+
+
+def test_a_provider_credential_can_be_stored_with_the_provisioned_kek(lab):
+    """An admin stores an API key for a workspace through the API and reads it back (201, 200; not
+    the 503 of a server without a key-encryption key). The KEK directory is the service user's alone."""
+    # The tenant the RLS test above created (alice is its customer_admin): the upgrade tests below
+    # count the tenants, so this test adds a workspace, not a tenant.
+    tenant_id = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c \"select id from tenants where slug = 'acme'\"").stdout.strip()
+    assert tenant_id, "no tenant acme: the RLS test above did not create it"
+    token = lab.idp.token("alice")
+    status, workspace = _api(lab, "POST", f"/tenants/{tenant_id}/workspaces", token, {"name": "Keys", "slug": "keys"})
+    assert status == 201, workspace
+    secret = "sk-converge-" + uuid.uuid4().hex
+    lab.secrets_set.append(secret)
+    base = f"/tenants/{tenant_id}/workspaces/{workspace['id']}/credentials"
+    status, credential = _api(lab, "POST", base, token, {"provider": "openai", "label": "converge", "secret": secret})
+    assert status == 201, credential
+    assert credential["last4"] == secret[-4:] and "secret" not in credential
+    status, read = _api(lab, "GET", f"{base}/{credential['id']}", token)
+    assert status == 200, read
+    assert (read["id"], read["fingerprint"], read["last4"]) == (credential["id"], credential["fingerprint"], secret[-4:])
+
+    settings = lab.host.ssh("sudo cat /etc/palisade/palisade.env").stdout
+    assert "PALISADE_KEK_PROVIDER='local'" in settings and "PALISADE_KEK_DIR='/etc/palisade/kek'" in settings
+    files = _kek_files(lab)
+    assert files.pop(".") == "700 palisade"
+    assert list(files) == ["kek-1.key"], files
+    assert files["kek-1.key"].startswith("600 palisade ")
+    lab.kek = {"files": files, "credential": f"{base}/{credential['id']}", "secret": secret,
+               "fingerprint": credential["fingerprint"], "subject": "alice"}
+
+
+def test_rotated_database_passwords_reach_no_log_and_the_app_reconnects(lab):
+    """Rotation as the README says: new passwords in the vault, site.yml again. The roles get the
+    new passwords (as verifiers), the app restarts on them, the old app password is refused, and
+    neither the old nor the new passwords are in any log."""
+    old_app_password = lab.app_password
+    pid_before = lab.host.ssh("systemctl show -p MainPID --value palisade.service").stdout.strip()
+    lab.rotate_database_passwords()
+    run = lab.playbook("site.yml")
+    assert run.returncode == 0, _ok(run)
+    changed = run.changed_tasks()
+    assert "postgresql : Create the admin (migration) role" in changed and "postgresql : Create the app role (no superuser, no BYPASSRLS, owns nothing)" in changed, changed
+    assert lab.host.ssh("systemctl show -p MainPID --value palisade.service").stdout.strip() != pid_before
+    _, status, _, _ = _https_get(lab, "/health/ready")
+    assert status == 200
+    assert lab.host.ssh("sudo palisadectl doctor", check=False).returncode == 0
+    new = _psql_as_app(lab, "select current_user")
+    assert new.returncode == 0 and new.stdout.strip() == "palisade_app", new.stderr
+    old = _psql_as_app(lab, "select 1", password=old_app_password)
+    assert old.returncode != 0 and "password authentication failed" in old.stderr
+    altered = [line for line in _postgresql_log(lab).splitlines() if 'ALTER USER "palisade_' in line and "PASSWORD" in line]
+    assert len(altered) >= 2 and all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in altered), altered
+    assert _secrets_in_logs(lab) == []
+
+
+def test_the_kek_is_kept_across_reruns_and_restarts(lab):
+    """The rerun above did not touch the KEK (a new one would make every stored credential
+    unreadable) and the restarted app unwraps the workspace's data key with it: the same secret,
+    stored again, gets the same fingerprint (keyed by that data key)."""
+    kek = getattr(lab, "kek", None)
+    assert kek, "the credential test above did not get as far as storing a credential"
+    files = _kek_files(lab)
+    files.pop(".")
+    assert files == kek["files"]
+    token = lab.idp.token(kek["subject"])
+    status, replaced = _api(lab, "PUT", kek["credential"], token, {"secret": kek["secret"]})
+    assert status == 200, replaced
+    assert replaced["fingerprint"] == kek["fingerprint"]
 
 
 # --- upgrade -------------------------------------------------------------------------------------
