@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.kit import RESULTS, SCALES, BenchServer, Context, Row, Section, machine
 
-MODULES = ("rls", "roundtrips", "http", "audit", "noisy", "hostile", "signins", "doctor")
+MODULES = ("rls", "roundtrips", "http", "audit", "noisy", "hostile", "signins", "doctor", "scrub")
 
 
 def _module(name: str) -> ModuleType:

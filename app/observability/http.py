@@ -9,7 +9,7 @@ refusals, 429s included, are counted and carry the id). From the outside in:
 1. `CorrelationIdMiddleware` — keeps a well-formed incoming `X-Correlation-ID`
    (`[A-Za-z0-9._:-]{1,128}`), else makes one (32 hex digits); puts it on `request.state.correlation_id`
    (the audit trail reads it there), on the request's span (`palisade.correlation_id`), and — with
-   the trace id — on every log line of the request; echoes it in `X-Correlation-ID` on every
+   the trace id — on every log line of the request and as tags on its Sentry events; echoes it in `X-Correlation-ID` on every
    response that passes through it (replacing any value an inner layer set). The log context is
    cleared when the response has been sent, or the request failed.
 2. `ServerErrorsMiddleware` — every answer with a 5xx status feeds the `http_5xx_rate` alert,
@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import alerts
 from app.authz.denials import route_label
 from app.observability.logging import bind_request_context, clear_request_context
+from app.observability.sentry import tag_request
 from app.observability.tracing import CORRELATION_ID_ATTRIBUTE, current_trace_id, set_span_attribute
 
 __all__ = ["CORRELATION_ID_HEADER", "CorrelationIdMiddleware", "ServerErrorsMiddleware", "install"]
@@ -61,8 +62,10 @@ class CorrelationIdMiddleware:
         # `request.state` is this dict: every Request made from the scope later sees the id.
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         set_span_attribute(CORRELATION_ID_ATTRIBUTE, correlation_id)
-        # Every log line of this request carries both ids.
-        bind_request_context(correlation_id=correlation_id, trace_id=current_trace_id())
+        # Every log line of this request carries both ids, and so does any Sentry event of it.
+        trace_id = current_trace_id()
+        bind_request_context(correlation_id=correlation_id, trace_id=trace_id)
+        tag_request(correlation_id, trace_id)
         echoed = (_HEADER, correlation_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:

@@ -11,6 +11,13 @@ Two mechanisms, applied together:
 Formats without a prefix (legacy Cloudflare tokens, 32-hex Azure keys, AWS secret keys) are only
 caught by the name they are given; guessing by entropy would eat UUIDs and digests.
 
+Personal data with a recognisable shape is masked too (`_PII`, one pass over the text), each kind
+only in the written forms listed there and, where the kind has one, only when its checksum holds:
+phone numbers, payment card numbers (Luhn), IBANs (ISO 7064 mod 97-10), and three national ids —
+US Social Security numbers, UK National Insurance numbers, French NIR (its 2-digit key). Names,
+postal addresses and free text have no shape: this scrubber cannot find them, which is why Sentry
+receives only allow-listed fields (app/observability/sentry.py) rather than scrubbed ones.
+
 Every pattern is linear-time: quantifiers are bounded or possessive, each starts at a literal
 prefix or a left-boundary lookbehind, so a hostile 1 MB log line cannot stall the process.
 """
@@ -249,19 +256,146 @@ def _any_of(words: set[str]) -> str:
 _ANY_HINT = re.compile(_any_of({hint for rule in _ALL_RULES for hint in rule.hints}))
 
 
+# ---- personal data with a shape -----------------------------------------------------------------
+#
+# One pattern, alternatives tried left to right at each position (the NIR before cards: a bare NIR
+# starting with 2 would otherwise be taken, and rejected, as a card); a candidate whose checksum or
+# range rule fails is left as it was (a near-miss is not personal data of that kind). Written
+# forms recognised, and nothing else:
+#   card      13–19 digits of a known issuer range (Visa 4, Mastercard 51–55 and 2221–2720, Amex
+#             34/37, Discover 6011/644–649/65, JCB 35, Diners 300–305/36/38, UnionPay 62), bare or
+#             in groups of 4 (Amex 4-6-5) split by one space or dash; Luhn-checked.
+#   iban      two capital letters, two check digits, 11–30 letters or digits (bare, or in groups
+#             of 4 split by single spaces); mod 97-10 checked.
+#   us_ssn    123-45-6789 (dashes only): area not 000, 666 or 9xx, group not 00, serial not 0000.
+#   uk_nino   AB123456C or AB 12 34 56 C: the allocated prefix letters (not D F I Q U V; second
+#             not O; not BG GB KN NK NT TN ZZ), suffix A–D.
+#   fr_nir    1 84 12 76 451 089 46 (sex, year, month, department incl. 2A/2B, commune, order,
+#             key), bare or spaced; the key (97 − number mod 97) is checked.
+#   phone     international: "+", a country code, 8–15 digits in all (E.164) in any grouping by
+#             space, dot, dash or parentheses; North American: (415) 555-0132, 415-555-0132,
+#             415.555.0132, 415 555 0132 (area and exchange 2–9…); national numbers with a trunk
+#             0: 06 12 34 56 78 / 0612345678 (FR), 020 7946 0958 / 07700 900123 (UK), i.e. 10–11
+#             digits in those groupings. Bare digit strings without "+" or grouping are not masked
+#             (they are ids, counts and timestamps far more often than phone numbers).
+_NA = r"(?![A-Za-z0-9_])"  # no word character after
+_PII = re.compile(
+    # One left boundary for all (checked first, it rejects most positions at once: inside words,
+    # ids and digit runs); then the kinds, each ending at a right boundary.
+    r"(?<![A-Za-z0-9_+])(?=[0-9A-Z+(])(?:"
+    rf"""
+      (?P<fr_nir>[12](?P<ns>\ ?)\d{{2}}(?P=ns)(?:0[1-9]|1[0-2]|[2-9]\d)(?P=ns)(?:\d{{2}}|2[AB])
+        (?P=ns)\d{{3}}(?P=ns)\d{{3}}(?P=ns)\d{{2}}{_NA})
+    | (?P<card>(?:
+        [2-6]\d{{12,18}}+
+      | [2-6]\d{{3}}(?P<cs>[ -])\d{{4}}(?P=cs)\d{{4}}(?P=cs)\d{{1,7}}+
+      | 3[47]\d{{2}}(?P<as>[ -])\d{{6}}(?P=as)\d{{5}}
+      ){_NA})
+    | (?P<iban>[A-Z]{{2}}\d{{2}}(?:[A-Z0-9]{{11,30}}+|(?:\ [A-Z0-9]{{4}}){{2,7}}+(?:\ [A-Z0-9]{{1,3}}+)?){_NA})
+    | (?P<us_ssn>(?!000|666|9)\d{{3}}-(?!00)\d{{2}}-(?!0000)\d{{4}}{_NA})
+    | (?P<uk_nino>(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]
+        (?:\d{{6}}|\ \d{{2}}\ \d{{2}}\ \d{{2}}\ ?)[A-D]{_NA})
+    | (?P<phone>(?:
+        \+\d{{1,3}}+(?:[ .-]?\(?\d{{1,5}}+\)?){{1,7}}+
+      | (?:\([2-9]\d{{2}}\)\ ?|[2-9]\d{{2}}(?P<us>[ .-]))[2-9]\d{{2}}(?(us)(?P=us)|[ .-])\d{{4}}
+      | 0[1-9](?:(?P<fs>[ .-])\d{{2}}(?:(?P=fs)\d{{2}}){{3}}|\d{{8}})
+      | 0\d{{2,4}}\ \d{{3,4}}\ ?\d{{3,4}}
+      )(?![A-Za-z0-9_]|[.-]\d))
+    )""",
+    re.VERBOSE,
+)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_issuer(digits: str) -> bool:
+    n = len(digits)
+    two, four = int(digits[:2]), int(digits[:4])
+    if digits[0] == "4":
+        return n in (13, 16, 19)
+    if 51 <= two <= 55 or 2221 <= four <= 2720:
+        return n == 16
+    if two in (34, 37):
+        return n == 15
+    if four == 6011 or two == 65 or 644 <= int(digits[:3]) <= 649:
+        return 16 <= n <= 19
+    if two == 35:
+        return 16 <= n <= 19
+    if 300 <= int(digits[:3]) <= 305 or two in (36, 38):
+        return 14 <= n <= 19
+    if two == 62:
+        return 16 <= n <= 19
+    return False
+
+
+def _iban_ok(compact: str) -> bool:
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+
+
+def _nir_ok(compact: str) -> bool:
+    body = compact[:13].replace("2A", "19").replace("2B", "18")
+    return 97 - int(body) % 97 == int(compact[13:])
+
+
+def _mask_pii(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    text = match[0]
+    if kind == "card":
+        digits = text.replace(" ", "").replace("-", "")
+        ok = _card_issuer(digits) and _luhn(digits)
+    elif kind == "iban":
+        ok = _iban_ok(text.replace(" ", ""))
+    elif kind == "fr_nir":
+        ok = _nir_ok(text.replace(" ", ""))
+    elif kind == "phone":
+        digits = sum(ch.isdigit() for ch in text)
+        ok = 8 <= digits <= 15 if text[0] == "+" else 10 <= digits <= 11
+    else:
+        ok = True  # us_ssn, uk_nino: the pattern holds every rule they have
+    return _marker(kind) if ok and kind else text
+
+
+# Quantifiers over digit runs are possessive: a run that is too long fails at once instead of
+# being re-split (the international phone form could otherwise be split in exponentially many
+# ways).
+#
+# The gate: every shape above contains a run of 7 or more characters of [0-9A-Z ().+-] that
+# starts with a digit, "+" or "(". Text without one (words, lower-case hex ids and hashes, most
+# UUIDs) skips the pattern; the gate starts with a character class, which the regex engine scans
+# for in C, so it costs well under a microsecond on a typical field.
+_PII_GATE = re.compile(r"[0-9+(][0-9A-Z ().+-]{6,}")
+
+
+def scrub_pii(text: str) -> str:
+    """Mask phone, card, IBAN and national-id numbers (checksums verified where they exist)."""
+    if len(text) < 9 or _PII_GATE.search(text) is None:  # the shortest shape (a NINO) has 9 characters
+        return text
+    return _PII.sub(_mask_pii, text)
+
+
 def scrub_text(text: str) -> str:
-    """Replace secrets and e-mail addresses in free text with redaction markers."""
+    """Replace secrets, e-mail addresses and shaped personal data in free text with markers."""
     # Hints are looked up in the original text: what a rule adds is a marker, which never needs
     # another rule, so one lower-casing serves them all.
     lowered = text.lower()
-    if _ANY_HINT.search(lowered) is None:
-        return text
-    for rule in _ALL_RULES:
-        for hint in rule.hints:
-            if hint in lowered:
-                text = rule.pattern.sub(rule.replacement, text)
-                break
-    return text
+    if _ANY_HINT.search(lowered) is not None:
+        for rule in _ALL_RULES:
+            for hint in rule.hints:
+                if hint in lowered:
+                    text = rule.pattern.sub(rule.replacement, text)
+                    break
+    return scrub_pii(text)
 
 
 # Field names that some kind of line carries every time (structlog's own keys, the audit line's

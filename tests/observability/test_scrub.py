@@ -279,6 +279,8 @@ class TestHostileInput:
     SEEDS: ClassVar[list[str]] = [
         "a", " ", "a@", "@a.", "a%40a.", "eyJa.", "sk-", "sk-ant-", "://a:", ":@", "Bearer ", "password=", 'password="',
         'password\\"', 'a="', "a=", "'password', ", "-----BEGIN PRIVATE KEY-----", "8Q~", "JQQJ9", "api key", "x@y.",
+        # personal-data shapes: digit runs of every grouping, and their prefixes
+        "1", "1 ", "1-", "+1", "+1 ", "+(1)", "(415) ", "06 ", "4111 ", "DE89 ", "AB12", "AB 12 ",
     ]  # fmt: skip
 
     @pytest.mark.parametrize("seed", SEEDS)
@@ -293,7 +295,7 @@ def _scrub_every_rule(text: str) -> str:
     for rule in scrub_module._ALL_RULES:
         if any(hint in lowered for hint in rule.hints):
             text = rule.pattern.sub(rule.replacement, text)
-    return text
+    return scrub_module.scrub_pii(text)
 
 
 _HINTS = sorted({hint for rule in scrub_module._ALL_RULES for hint in rule.hints})
@@ -345,3 +347,107 @@ def test_registered_names_scrub_as_unregistered_ones(monkeypatch: pytest.MonkeyP
     assert scrub(event) == plain == {"password": REDACTED, "tenant_id": "t", "event": "to [REDACTED:email] [REDACTED:jwt]",
                                      "api_key": "", "note": "x"}
     assert scrub({"bob@example.com": 1}) == {"[REDACTED:email]": 1}
+
+
+# ---- personal data with a shape: masked when the checksum holds, kept when it does not ----
+
+# (kind, text as it might appear in a log line). Every number is a published test or example value.
+# fmt: off
+PERSONAL: list[tuple[str, str]] = [
+    ("phone", "call back on +44 20 7946 0958 please"),
+    ("phone", "mobile +33 6 12 34 56 78"),
+    ("phone", "tel:+14155550132"),
+    ("phone", "+1 (415) 555-0132"),
+    ("phone", "office (415) 555-0132, ext 4"),
+    ("phone", "fax 415-555-0132"),
+    ("phone", "415.555.0132"),
+    ("phone", "portable 06 12 34 56 78"),
+    ("phone", "portable 06.12.34.56.78"),
+    ("phone", "0612345678"),
+    ("phone", "London 020 7946 0958"),
+    ("phone", "mobile 07700 900123"),
+    ("card", "Visa 4111 1111 1111 1111"),
+    ("card", "4111111111111111"),
+    ("card", "5555-5555-5555-4444"),
+    ("card", "Mastercard 2223 0031 2200 3222"),
+    ("card", "Amex 3782 822463 10005"),
+    ("card", "Discover 6011111111111117"),
+    ("card", "JCB 3530111333300000"),
+    ("card", "Diners 30569309025904"),
+    ("card", "UnionPay 6200000000000005"),
+    ("iban", "IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX"),
+    ("iban", "GB82WEST12345698765432"),
+    ("iban", "pay to FR14 2004 1010 0505 0001 3M02 606"),
+    ("iban", "NL91ABNA0417164300"),
+    ("us_ssn", "SSN 536-22-1234 on file"),
+    ("uk_nino", "NI number AB123456C"),
+    ("uk_nino", "NINO JG 10 38 29 D"),
+    ("fr_nir", "NIR 1 84 12 76 451 089 46"),
+    ("fr_nir", "184127645108946"),
+    ("fr_nir", "Ajaccio 2 84 12 2A 451 089 80"),
+]
+# The same shapes with a failing checksum or a rule broken: not that kind of data, kept as they are.
+NEAR_MISSES: list[str] = [
+    "4111 1111 1111 1112",          # Luhn fails
+    "4111111111111112",
+    "1234 5678 9012 3452",          # Luhn holds, but no issuer starts with 1
+    "7000 0000 0000 0005",          # nor with 7
+    "DE88 3704 0044 0532 0130 00",  # mod 97 fails
+    "GB83WEST12345698765432",
+    "NIR 1 84 12 76 451 089 47",    # key fails
+    "000-12-3456",                  # SSN area 000
+    "666-12-3456",                  # area 666
+    "912-34-5678",                  # area 9xx
+    "536-00-1234",                  # group 00
+    "536-22-0000",                  # serial 0000
+    "GB123456A",                    # NINO prefix never allocated
+    "DA123456A",                    # D is no first letter
+    "AB123456E",                    # suffix E
+    "+44 20 79",                    # too few digits for a phone number
+    "+1234567890123456789",         # too many (E.164 has at most 15)
+    "123-456-7890",                 # no North American area code starts with 1
+    "04 12 34 56",                  # a French number has 10 digits
+]
+# Ordinary log lines: each must come out byte for byte as it went in.
+ORDINARY: list[str] = [
+    "GET /api/v1/tenants/3f1c2d4e-5b6a-4c7d-8e9f-0a1b2c3d4e5f/documents?page=2 200 12.345 ms",
+    "2026-01-02T03:04:05.678901+00:00 audit_event seq=1234567 hash=9f86d081884c7d659a2feaa0c55ad015",
+    "epoch_ms=1718000000123 epoch_s=1718000000 duration_ms=1234567",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.109 Safari/537.36",
+    "client 203.0.113.7:50000 and 2001:db8:85a3::8a2e:370:7334",
+    "listening on 0.0.0.0:8000 (pid 123456)",
+    "release palisade@0.1.0, python 3.11.9, psycopg 3.2.10",
+    "rows=1000000 tenants=1000 ratio=1.2345678 p99=12.5",
+    "id 12345678-1234-1234-1234-123456789012",
+    "bucket 00000000000000000001 for key 1234567890",
+    "window 2026-01-02 03:04:05 to 2026-01-02 03:09:05",
+    "version 10.2.3.4567; build 20260102.1",
+]
+# fmt: on
+
+
+class TestPersonalData:
+    @pytest.mark.parametrize(("kind", "text"), PERSONAL, ids=[f"{k}: {t}" for k, t in PERSONAL])
+    def test_masked(self, kind: str, text: str) -> None:
+        out = scrub_text(text)
+        assert f"[REDACTED:{kind}]" in out, out
+        digits = "".join(ch for ch in text if ch.isdigit())
+        assert sum(ch.isdigit() for ch in out) < len(digits) - 5, out  # the number itself is gone
+        assert scrub_text(out) == out
+
+    def test_words_around_the_number_are_kept(self) -> None:
+        assert scrub_text("call back on +44 20 7946 0958 please") == "call back on [REDACTED:phone] please"
+        assert scrub_text("IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX") == "IBAN [REDACTED:iban], BIC COBADEFFXXX"
+
+    @pytest.mark.parametrize("text", NEAR_MISSES)
+    def test_near_miss_kept(self, text: str) -> None:
+        assert scrub_text(text) == text
+
+    @pytest.mark.parametrize("text", ORDINARY + LOOK_ALIKES)
+    def test_ordinary_line_unchanged(self, text: str) -> None:
+        assert scrub_text(text) == text
+
+    def test_in_structures_too(self) -> None:
+        event = {"event": "callback_requested", "phone": "+44 20 7946 0958", "details": {"iban": "GB82WEST12345698765432"}}
+        assert scrub(event) == {"event": "callback_requested", "phone": "[REDACTED:phone]",
+                                "details": {"iban": "[REDACTED:iban]"}}
