@@ -738,7 +738,8 @@ class RateLimitMiddleware:
         limiter = limiter_of(scope["app"])
         request = Request(scope)
         blocked = limiter.token_refused(scope["method"], scope["path"], request)
-        if blocked is None and limiter.refusing():
+        if blocked is None and limiter.refusing() and bearer_token(request) is not None:
+            # (A request without a token takes the normal path: a public route answers it, any other 401s.)
             blocked = limiter.sign_in_refusal(request_meta(request).client_ip, claimed_subject(request))
             authenticate: Authenticate | None = getattr(scope["app"].state, "rate_limit_authenticate", None)
             if blocked is not None and (authenticate is None or await run_in_threadpool(self._verifies, authenticate, request)):

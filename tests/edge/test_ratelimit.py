@@ -174,11 +174,14 @@ def test_a_valid_token_is_never_refused_for_the_failures_of_its_address(database
             r = colleague.get("/api/v1/tenants")
             assert r.status_code == 200, r.text
             assert r.headers["RateLimit-Limit"] == "50"  # its own class: the per-user default
+        # A public route still answers the address; a route needing a token still refuses it.
+        assert office.get("/api/v1/openapi.json").status_code == 200
+        assert_limited(office.get("/api/v1/tenants"), limit=2)
         # ... while failing attempts from the address stay refused, answered by the middleware after
         # a signature check: no routing, no database (the failure is buffered for the audit trail).
         pending = app.state.sign_in_failures.pending()
         with statements_on(app.state.engine) as statements:
-            assert_limited(office.get("/api/v1/tenants"), limit=2)
+            assert_limited(office.get("/api/v1/tenants", headers={"Authorization": "Bearer expired-or-garbage"}), limit=2)
             assert_limited(office.get("/api/v1/tenants/" + str(uuid.uuid4()), headers={"Authorization": "Bearer x"}), limit=2)
         assert statements == []
         assert app.state.sign_in_failures.pending() == pending + 2
