@@ -154,10 +154,7 @@ def audit_verify(
     from app.db.session import make_engine, make_session_factory
 
     settings = _settings()
-    try:
-        tenant_ids = [uuid.UUID(t) for t in tenant]
-    except ValueError:
-        raise _fail("--tenant takes a tenant id (UUID)") from None
+    tenant_ids = _tenant_ids(tenant)
     checkpoints, bad_lines = None, []
     try:
         sink = sink_from_settings(settings)
@@ -198,10 +195,7 @@ def audit_checkpoint(
     from app.db.session import make_engine, make_session_factory
 
     settings = _settings()
-    try:
-        tenant_ids = [uuid.UUID(t) for t in tenant]
-    except ValueError:
-        raise _fail("--tenant takes a tenant id (UUID)") from None
+    tenant_ids = _tenant_ids(tenant)
     try:
         sink, signer = sink_from_settings(settings), signer_from_settings(settings)
     except (CheckpointError, SecretError) as exc:
@@ -217,6 +211,14 @@ def audit_checkpoint(
         engine.dispose()
     for c in taken:
         typer.echo(f"checkpoint {c.tenant_id}: seq {c.seq} {c.hash} (key {c.key})")
+
+
+def _tenant_ids(values: list[str]) -> list[uuid.UUID]:
+    """The `--tenant` options as ids (an empty list: every chain)."""
+    try:
+        return [uuid.UUID(t) for t in values]
+    except ValueError:
+        raise _fail("--tenant takes a tenant id (UUID)") from None
 
 
 def _alert_chain_broken(settings: Settings, broken) -> None:
