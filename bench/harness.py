@@ -19,6 +19,7 @@ Every process started here is stopped by the context manager that started it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from bench.dataset import point_users_at
-from bench.kit import ROOT, Context, Section, execute_autocommit
+from bench.kit import ROOT, Context, Section, execute_autocommit, percentile
 from tests.support.idp import TestIdP, start_idp
 
 AUDIENCE = "palisade-bench"
@@ -519,3 +520,28 @@ def describe_profile(profile: dict[str, Any] | None, cpu_ms: float, minimum: flo
         return str(profile.get("error", "no profile"))
     return f"py-spy ({profile['samples']} GIL samples; share, ~ms of the {cpu_ms:.2f} ms CPU per request): " + ", ".join(
         f"{label} {share:.0%} (~{share * cpu_ms:.2f})" for label, share in profile["parts"].items() if share >= minimum)
+
+
+# ---- open-loop results -------------------------------------------------------------------------
+
+
+def summary(samples: list[list[float]]) -> dict[str, Any]:
+    """Count, p50/p99/max latency (ms; NaN when there are none) and statuses of open-loop samples
+    (scheduled time, latency s, status)."""
+    ms = [s[1] * 1000 for s in samples]
+    statuses: dict[str, int] = {}
+    for s in samples:
+        statuses[str(int(s[2]))] = statuses.get(str(int(s[2])), 0) + 1
+    if not ms:
+        return {"requests": 0, "statuses": statuses, "p50_ms": math.nan, "p99_ms": math.nan}
+    return {"requests": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms),
+            "statuses": statuses}
+
+
+def warm(server: AppServer, requests: list[tuple[str, dict[str, str]]]) -> None:
+    """A few requests first (not reported): the JWKS fetched, connections opened, caches filled."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for path, headers in requests * 3:
+            response = client.get(path, headers=headers)
+            if response.status_code != 200:
+                raise RuntimeError(f"warm-up GET {path}: {response.status_code} {response.text[:300]!r}")

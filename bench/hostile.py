@@ -34,7 +34,6 @@ window of the costliest body.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -55,8 +54,10 @@ from bench.harness import (
     open_loop,
     py_spy,
     secured_settings,
+    summary,
+    warm,
 )
-from bench.kit import Context, Row, Section, percentile
+from bench.kit import Context, Row, Section
 
 NAME = "hostile"
 TITLE = "Hostile bodies"
@@ -143,30 +144,8 @@ def _costs(server: AppServer, victim: Caller, neighbour: Caller, payloads: dict[
     return out
 
 
-def _summary(samples: list[list[float]]) -> dict[str, Any]:
-    ms = [s[1] * 1000 for s in samples]
-    statuses: dict[str, int] = {}
-    for s in samples:
-        statuses[str(int(s[2]))] = statuses.get(str(int(s[2])), 0) + 1
-    if not ms:
-        return {"requests": 0, "statuses": statuses, "p50_ms": math.nan, "p99_ms": math.nan}
-    return {"requests": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms),
-            "statuses": statuses}
-
-
 def _within(samples: list[list[float]], windows: list[tuple[float, float]]) -> list[list[float]]:
     return [s for s in samples if any(start <= s[0] < end for start, end in windows)]
-
-
-def _warm(server: AppServer, requests: Requests) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        for path, headers in requests * 3:
-            response = client.get(path, headers=headers)
-            if response.status_code != 200:
-                raise RuntimeError(f"warm-up GET {path}: {response.status_code} {response.text[:300]!r}")
-
-
-# ---- the run ---------------------------------------------------------------------------------
 
 
 def run(ctx: Context) -> Section:
@@ -188,7 +167,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
         payloads = bodies(_max_body_bytes(settings))
         with app_servers({"cost": {"kind": "secured", "application_name": name, "settings": settings}}, workdir,
                          core=app_core) as servers:
-            _warm(servers["cost"], [(p, victim.headers()) for p in victim.paths()])
+            warm(servers["cost"], [(p, victim.headers()) for p in victim.paths()])
             costs = _costs(servers["cost"], victim, neighbour, payloads, probes)
         others = [n for n in payloads if n != KEYS]
         worst = max(others, key=lambda n: costs[n]["cpu_ms"])
@@ -207,7 +186,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
         with app_servers({"instance": {"kind": "secured", "application_name": name, "settings": settings}}, workdir,
                          core=app_core) as servers:
             server = servers["instance"]
-            _warm(server, victim_requests)
+            warm(server, victim_requests)
             rate = NEIGHBOUR_SHARE * NEIGHBOUR_LIMIT / 60
             with open_loop(server, "victim", victim_requests, rate=VICTIM_RATE, seconds=0, seed=100, workdir=workdir,
                            core=load_core) as victim_client:
@@ -225,8 +204,8 @@ def _run(ctx: Context, workdir: Path) -> Section:
                         cpu[state] += server.cpu_seconds() - cpu0
                         busy[state] += machine_busy_seconds() - busy0
                 v = victim_client.result(stop=True)
-            quiet_p99 = _summary(_within(v["samples"], windows["quiet"]))["p99_ms"]
-            loaded_p99 = max(_summary(_within(v["samples"], w))["p99_ms"] for s, w in windows.items() if s != "quiet")
+            quiet_p99 = summary(_within(v["samples"], windows["quiet"]))["p99_ms"]
+            loaded_p99 = max(summary(_within(v["samples"], w))["p99_ms"] for s, w in windows.items() if s != "quiet")
             if loaded_p99 > TARGET * quiet_p99:
                 seconds = max(1, round(window))
                 with open_loop(server, "neighbour-profiled", [_post(neighbour, payloads[worst])], rate=rate,
@@ -240,8 +219,8 @@ def _run(ctx: Context, workdir: Path) -> Section:
                 refused = _cost(server, client, probes, lambda: client.post(ACCEPT, content=data, headers=headers))
 
     seconds = {s: sum(end - start for start, end in w) for s, w in windows.items()}
-    victim_by_state = {s: _summary(_within(v["samples"], w)) for s, w in windows.items()}
-    neighbour_by_state = {s: _summary(samples) for s, samples in neighbour_samples.items() if states[s] is not None}
+    victim_by_state = {s: summary(_within(v["samples"], w)) for s, w in windows.items()}
+    neighbour_by_state = {s: summary(samples) for s, samples in neighbour_samples.items() if states[s] is not None}
     server_cpu = {s: cpu[s] / seconds[s] for s in states}
     machine = {s: busy[s] / seconds[s] for s in states}
     section.artifacts.update(

@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.harness import (
     AppServer,
     OpenLoop,
@@ -53,10 +51,12 @@ from bench.harness import (
     open_loop,
     py_spy,
     secured_settings,
+    summary,
+    warm,
     wrk,
     wrk_script,
 )
-from bench.kit import Context, Row, Section, percentile
+from bench.kit import Context, Row, Section
 
 NAME = "noisy"
 TITLE = "Noisy neighbour"
@@ -79,20 +79,11 @@ def _capacity(ctx: Context, idp: Any, requests: Requests, workdir: Path, app_cor
     seconds = max(1, round(ctx.scale.http_seconds / 2))
     with app_servers({"capacity": config}, workdir, core=app_core) as servers:
         server = servers["capacity"]
-        _warm(server, requests)
+        warm(server, requests)
         result = wrk(server, script, seconds=seconds, connections=16, core=load_core)
     if result.non_2xx or result.socket_errors:
         raise RuntimeError(f"capacity run: {result.non_2xx} non-2xx, {result.socket_errors} socket errors")
     return result.as_dict()
-
-
-def _warm(server: AppServer, requests: Requests) -> None:
-    """A few requests first (not reported): the JWKS fetched, connections opened, caches filled."""
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        for path, headers in requests * 3:
-            response = client.get(path, headers=headers)
-            if response.status_code != 200:
-                raise RuntimeError(f"warm-up GET {path}: {response.status_code} {response.text[:300]!r}")
 
 
 def _wait_refused(neighbour: OpenLoop, timeout: float) -> float:
@@ -105,17 +96,6 @@ def _wait_refused(neighbour: OpenLoop, timeout: float) -> float:
             raise RuntimeError(f"the neighbour was not refused within {timeout:.0f} s: is the rate limit in force?")
         time.sleep(0.02)
     return at
-
-
-def _summary(samples: list[list[float]]) -> dict[str, Any]:
-    ms = [s[1] * 1000 for s in samples]
-    statuses: dict[str, int] = {}
-    for s in samples:
-        statuses[str(int(s[2]))] = statuses.get(str(int(s[2])), 0) + 1
-    if not ms:
-        return {"requests": 0, "statuses": statuses}
-    return {"requests": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms),
-            "statuses": statuses}
 
 
 def _within(result: dict[str, Any], start: float, end: float) -> list[list[float]]:
@@ -182,7 +162,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
         profile = None
         with app_servers({"instance": config}, workdir, core=app_core) as servers:
             scenario = Scenario(servers["instance"], victim, neighbour, share, workdir, load_core)
-            _warm(scenario.server, victim + neighbour)
+            warm(scenario.server, victim + neighbour)
             before = scenario.victim_for("victim-alone-before", duration / 2, seed=100)
             started = time.monotonic()
             with scenario.client("neighbour", "neighbour", 0, seed=200) as noisy_client:
@@ -191,7 +171,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
                     burst_victim = burst_client.result(stop=True)
                 time.sleep(settle)
                 during = scenario.victim_for("victim-noisy", duration, seed=400)
-                if _summary(during["samples"])["p99_ms"] > TARGET * _summary(before["samples"])["p99_ms"]:
+                if summary(during["samples"])["p99_ms"] > TARGET * summary(before["samples"])["p99_ms"]:
                     seconds = max(1, round(window))
                     profile = py_spy(scenario.server, seconds, ctx.out_dir / f"{NAME}-profile.txt",
                                      lambda: scenario.victim_for("victim-profiled", seconds + 1, seed=500))
@@ -201,11 +181,11 @@ def _run(ctx: Context, workdir: Path) -> Section:
     alone = [before, after]
     windows = {"alone": [(r["started"], r["stopped"]) for r in alone], "noisy": [(during["started"], during["stopped"])]}
     seconds = {k: sum(end - start for start, end in w) for k, w in windows.items()}
-    v_alone = _summary([s for r in alone for s in r["samples"]])
-    v_noisy = _summary(during["samples"])
-    neighbour_summary = _summary(_within(n, during["started"], during["stopped"]))
-    burst = {"seconds": refused - started, "victim": _summary(burst_victim["samples"]),
-             "neighbour": _summary(_within(n, started, refused))}
+    v_alone = summary([s for r in alone for s in r["samples"]])
+    v_noisy = summary(during["samples"])
+    neighbour_summary = summary(_within(n, during["started"], during["stopped"]))
+    burst = {"seconds": refused - started, "victim": summary(burst_victim["samples"]),
+             "neighbour": summary(_within(n, started, refused))}
     cpu = {"alone": sum(r["server_cpu_s"] for r in alone) / seconds["alone"], "noisy": during["server_cpu_s"] / seconds["noisy"],
            "machine_alone_before": before["machine_busy_s"] / (before["stopped"] - before["started"]),
            "machine_alone_after": after["machine_busy_s"] / (after["stopped"] - after["started"]),

@@ -32,9 +32,18 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import create_engine, pool, text
 
-from bench.harness import app_servers, cores, identities, in_workdir, machine_busy_seconds, open_loop, secured_settings
+from bench.harness import (
+    app_servers,
+    cores,
+    identities,
+    in_workdir,
+    machine_busy_seconds,
+    open_loop,
+    secured_settings,
+    summary,
+    warm,
+)
 from bench.kit import Context, Row, Section
-from bench.noisy import _summary, _warm, _within
 
 NAME = "signins"
 TITLE = "Failed-sign-in flood"
@@ -91,7 +100,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
         config = {"kind": "secured", "application_name": name, "settings": settings}
         with app_servers({"instance": config}, workdir, core=app_core) as servers:
             server = servers["instance"]
-            _warm(server, legit)
+            warm(server, legit)
 
             def legit_for(label: str, seconds: float, seed: int) -> dict[str, Any]:
                 cpu, busy = server.cpu_seconds(), machine_busy_seconds()
@@ -112,11 +121,11 @@ def _run(ctx: Context, workdir: Path) -> Section:
             time.sleep(2.5)  # the last flush (every second) lands
         events, failures, transactions = _platform_failures(ctx, flood_started - 1, flood_stopped + 3)
 
-    alone = _summary(before["samples"] + after["samples"])
-    flooded = _summary(during["samples"])
+    alone = summary(before["samples"] + after["samples"])
+    flooded = summary(during["samples"])
     seconds_alone = sum(r["stopped"] - r["started"] for r in (before, after))
     seconds_flood = during["stopped"] - during["started"]
-    flood_in_window = _summary(_within(f, during["started"], during["stopped"]))
+    flood_in_window = summary([s for s in f["samples"] if during["started"] <= s[0] < during["stopped"]])
     cpu_alone = (before["server_cpu_s"] + after["server_cpu_s"]) / seconds_alone
     cpu_flood = during["server_cpu_s"] / seconds_flood
     ratio = flooded["p99_ms"] / alone["p99_ms"]
