@@ -43,12 +43,23 @@ def _settings(secrets: tuple[str, ...] | None = None) -> Settings:
 
 
 @cli.command()
-def migrate() -> None:
-    """Apply database migrations with the admin URL (creates the app role if missing, sets its password)."""
+def migrate(
+    list_pending: Annotated[bool, typer.Option("--list-pending", help="Only list the migrations an upgrade would apply; change nothing.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="List them, and exit 2 if one needs the running release stopped first; change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --list-pending or --check: the plan as one JSON object.")] = False,
+) -> None:
+    """Apply database migrations with the admin URL (creates the app role if missing, sets its password).
+
+    With --list-pending or --check, only report what would be applied (exit 3: the database is at
+    a revision this release does not know, so a newer release migrated it).
+    """
     from sqlalchemy.engine import make_url
 
     from app.db.migrate import create_entra_app_role, set_app_password, upgrade
 
+    if list_pending or check:
+        _report_migration_plan(fail_on_stop=check, as_json=as_json)
+        return
     settings = _settings(MIGRATION_SECRETS)
     try:
         settings.require("admin_database_url", "database_url")
@@ -64,6 +75,35 @@ def migrate() -> None:
     if password:  # the app role signs in with what its URL says (SCRAM verifier, never the plaintext)
         set_app_password(admin_url=settings.admin_database_url, app_role=settings.app_role, password=str(password))
     typer.echo("migrations applied")
+
+
+def _report_migration_plan(*, fail_on_stop: bool, as_json: bool) -> None:
+    import dataclasses
+    import json
+
+    from app.db.migrate import UnknownRevision, plan
+
+    settings = _settings(("admin_database_url",))
+    try:
+        settings.require("admin_database_url")
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        found = plan(admin_url=settings.admin_database_url)
+    except UnknownRevision as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=3) from None
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(found)))
+    else:
+        typer.echo(f"database at {', '.join(found.current) or 'an empty schema'}; this release's head is {found.head}; "
+                   f"{len(found.pending)} migration(s) to apply")
+        for m in found.pending:
+            typer.echo(f"  {m.revision}: {m.doc}" + (f" [NEEDS A STOP: {m.needs_stop}]" if m.needs_stop else ""))
+    if fail_on_stop and found.stops:
+        typer.secho(f"the running release must be stopped before {', '.join(m.revision for m in found.stops)} "
+                    "(a contract step it cannot run against); a rolling upgrade would break it", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
 
 
 @cli.command()

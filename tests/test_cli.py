@@ -193,3 +193,79 @@ class TestMigrate:
         salted = hashlib.pbkdf2_hmac("sha256", b"s3cret-app-pw", base64.b64decode(salt), int(iterations))
         client_key = hmac.new(salted, b"Client Key", "sha256").digest()
         assert scheme == "SCRAM-SHA-256" and base64.b64encode(hashlib.sha256(client_key).digest()).decode() == stored_key
+
+
+def _revision(db) -> tuple[str, ...]:
+    engine = create_engine(db.superuser_db_url, poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        found = tuple(conn.scalars(text("SELECT version_num FROM alembic_version")))
+    engine.dispose()
+    return found
+
+
+@pytest.fixture
+def database_one_release_behind(migrated_template):
+    """A database the previous release migrated: at this release's head's down revision."""
+    from alembic.script import ScriptDirectory
+
+    from app.db.migrate import alembic_config, upgrade
+    from tests.support.database import TestDatabase
+
+    script = ScriptDirectory.from_config(alembic_config(admin_url="", app_role=migrated_template.app_role))
+    head = script.get_revision(script.get_current_head())
+    name = f"{migrated_template.name}_behind_{secrets.token_hex(3)}"
+    superuser_execute(migrated_template.superuser_url, f"CREATE DATABASE {name} OWNER {migrated_template.admin_role}")
+    db = TestDatabase(name=name, superuser_url=migrated_template.superuser_url,
+                      admin_role=migrated_template.admin_role, app_role=migrated_template.app_role)
+    upgrade(admin_url=db.admin_url, app_role=db.app_role, revision=head.down_revision)
+    yield db, head.down_revision, head.revision
+    superuser_execute(db.superuser_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class TestMigrationPlan:
+    """`palisade migrate --list-pending` / `--check`: what an upgrade would apply, changing nothing."""
+
+    def test_lists_what_an_upgrade_would_apply_and_changes_nothing(self, database_one_release_behind):
+        db, current, head = database_one_release_behind
+        listed = run("migrate", "--list-pending", env={"PALISADE_ADMIN_DATABASE_URL": db.admin_url})
+        assert listed.returncode == 0, listed.stderr
+        assert f"database at {current}; this release's head is {head}; 1 migration(s) to apply" in listed.stdout
+        assert re.search(rf"^  {head}: \S", listed.stdout, re.M)
+        as_json = run("migrate", "--list-pending", "--json", env={"PALISADE_ADMIN_DATABASE_URL": db.admin_url})
+        import json
+
+        planned = json.loads(as_json.stdout)
+        assert planned["current"] == [current] and planned["head"] == head
+        assert [m["revision"] for m in planned["pending"]] == [head] and planned["pending"][0]["needs_stop"] is None
+        checked = run("migrate", "--check", env={"PALISADE_ADMIN_DATABASE_URL": db.admin_url})
+        assert checked.returncode == 0, checked.stderr  # an expand step: no stop needed
+        assert _revision(db) == (current,)  # nothing was applied
+
+    def test_check_fails_when_a_pending_migration_needs_the_running_release_stopped(self, database_one_release_behind, tmp_path):
+        db, _, head = database_one_release_behind
+        # The next release, as its checkout: this one's migrations plus a contract step.
+        shutil.copytree(ROOT / "migrations", tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+        (tmp_path / "migrations" / "versions" / "9999_01_01_0000-contract_probe.py").write_text(
+            f'"""Revoke what the previous release still uses."""\n\nrevision = "contract_probe"\n'
+            f'down_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n'
+            'needs_stop = "the previous release still inserts into audit_events"\n\n\n'
+            "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n")
+        result = subprocess.run([*PALISADE, "migrate", "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PALISADE_ADMIN_DATABASE_URL": db.admin_url})
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "contract_probe: Revoke what the previous release still uses. [NEEDS A STOP: the previous release still inserts" in result.stdout
+        assert "must be stopped before contract_probe" in result.stderr
+        listed = subprocess.run([*PALISADE, "migrate", "--list-pending"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120, env={**os.environ, "PALISADE_ADMIN_DATABASE_URL": db.admin_url})
+        assert listed.returncode == 0  # listing alone never fails on it
+
+    def test_a_database_a_newer_release_migrated_is_named_with_exit_3(self, fresh_database):
+        superuser_execute(fresh_database.superuser_db_url, "UPDATE alembic_version SET version_num = 'from_the_future'")
+        result = run("migrate", "--check", env={"PALISADE_ADMIN_DATABASE_URL": fresh_database.admin_url})
+        assert result.returncode == 3
+        assert "the database is at from_the_future, which this release does not know" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_needs_the_admin_url(self):
+        result = run("migrate", "--list-pending", env={"PALISADE_ADMIN_DATABASE_URL": ""})
+        assert result.returncode == 1 and "PALISADE_ADMIN_DATABASE_URL" in result.stderr

@@ -7,12 +7,15 @@ import hashlib
 import hmac
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import create_engine, pool
 
 import migrations
@@ -76,20 +79,61 @@ def create_entra_app_role(*, admin_url: str, app_role: str, object_id: str) -> N
     engine.dispose()
 
 
-def pending(*, admin_url: str, app_role: str) -> list[str]:
-    """Revisions not yet applied, oldest first."""
-    cfg = alembic_config(admin_url=admin_url, app_role=app_role)
-    script = ScriptDirectory.from_config(cfg)
+@dataclass(frozen=True)
+class PendingMigration:
+    revision: str
+    doc: str
+    # Why the running release must be stopped before this migration runs, from the migration's own
+    # module-level `needs_stop` (a contract step the previous release cannot run against); None:
+    # it is an expand step, the running release keeps working while and after it runs.
+    needs_stop: str | None
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    current: tuple[str, ...]  # the database's revision(s); empty for an empty schema
+    head: str
+    pending: tuple[PendingMigration, ...]  # oldest first
+
+    @property
+    def stops(self) -> tuple[PendingMigration, ...]:
+        return tuple(m for m in self.pending if m.needs_stop)
+
+
+class UnknownRevision(Exception):
+    """The database is at a revision this release does not ship (a newer release migrated it)."""
+
+
+def plan(*, admin_url: str) -> MigrationPlan:
+    """What `upgrade` would apply, read without changing anything."""
+    script = _scripts()
     engine = create_engine(admin_url, poolclass=pool.NullPool, hide_parameters=True)
-    with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_heads()
-    engine.dispose()
-    return [rev.revision for rev in reversed(list(script.iterate_revisions("heads", current or "base")))]
+    try:
+        with engine.connect() as conn:
+            current = tuple(MigrationContext.configure(conn).get_current_heads())
+    finally:
+        engine.dispose()
+    try:
+        revisions = list(script.iterate_revisions("heads", current or "base"))
+    except (CommandError, RevisionError):
+        raise UnknownRevision(f"the database is at {', '.join(current)}, which this release does not know") from None
+    pending = tuple(
+        PendingMigration(revision=rev.revision, doc=" ".join((rev.doc or "").split()),
+                         needs_stop=getattr(rev.module, "needs_stop", None))
+        for rev in reversed(revisions) if rev.revision not in current
+    )
+    head = script.get_current_head()
+    assert head is not None
+    return MigrationPlan(current=current, head=head, pending=pending)
+
+
+def _scripts() -> ScriptDirectory:
+    """The migrations this build ships (reading them needs no database and no role)."""
+    return ScriptDirectory.from_config(alembic_config(admin_url="", app_role="palisade_app"))
 
 
 def head_revision() -> str:
     """The newest revision this build ships (what the database must be at)."""
-    script = ScriptDirectory.from_config(alembic_config(admin_url="", app_role="palisade_app"))
-    head = script.get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head

@@ -175,11 +175,13 @@ PROBE_REVISION = "9900_ansible_upgrade_probe"
 PROBE_COMMENT = "upgraded by the Ansible converge test"
 
 
-def source_copy(dest: Path, *, version: str, base: Path = REPO, probe_migration: bool = False, broken: bool = False) -> Path:
+def source_copy(dest: Path, *, version: str, base: Path = REPO, probe_migration: bool = False, broken: bool = False,
+                needs_stop: str | None = None) -> Path:
     """A copy of the source tree (tracked and untracked, not ignored) at `version`.
 
-    probe_migration adds a harmless migration (a table comment) so the upgrade has one to apply;
-    broken makes the API fail at start (import of app.main) while migrations and doctor still work.
+    probe_migration adds a harmless migration (a table comment) so the upgrade has one to apply,
+    declared a contract step with `needs_stop`; broken makes the API fail at start (import of
+    app.main) while migrations and doctor still work.
     """
     for name in _source_files(base):
         src = base / name
@@ -194,7 +196,8 @@ def source_copy(dest: Path, *, version: str, base: Path = REPO, probe_migration:
         (dest / f"migrations/versions/2099_01_01_0000-{PROBE_REVISION}.py").write_text(
             f'"""Ansible upgrade probe: a table comment, so an upgrade has a migration to apply."""\n\n'
             f"from alembic import op\n\n"
-            f'revision = "{PROBE_REVISION}"\ndown_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n\n\n'
+            f'revision = "{PROBE_REVISION}"\ndown_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n'
+            + (f"needs_stop = {needs_stop!r}\n" if needs_stop else "") + "\n\n"
             f"def upgrade() -> None:\n    op.execute(\"COMMENT ON TABLE tenants IS '{PROBE_COMMENT}'\")\n\n\n"
             f'def downgrade() -> None:\n    op.execute("COMMENT ON TABLE tenants IS NULL")\n'
         )

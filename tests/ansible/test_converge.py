@@ -134,9 +134,9 @@ def _tenant_slugs(lab: Lab) -> list[str]:
     return out.split()
 
 
-def _psql_as_app(lab: Lab, sql: str, *, sslmode: str = "verify-full", password: str | None = None) -> object:
+def _psql_as_app(lab: Lab, sql: str, *, sslmode: str = "verify-full", password: str | None = None, options: str = "") -> object:
     dsn = (f"host=127.0.0.1 dbname=palisade user=palisade_app sslmode={sslmode} "
-           "sslrootcert=/etc/palisade/database-ca.pem")
+           f"sslrootcert=/etc/palisade/database-ca.pem {options}")
     # As the service user, who may read /etc/palisade (the CA certificate); the password is the app role's.
     # It goes in on standard input: sudo logs its command line to the journal, which must hold no secret.
     script = 'IFS= read -r PGPASSWORD; export PGPASSWORD; exec psql -XAtq "$0" -c "$1"'
@@ -427,6 +427,16 @@ def test_app_role_cannot_bypass_row_level_security(lab):
     assert plaintext.returncode != 0 and "no encryption" in plaintext.stderr  # pg_hba: TLS only
 
 
+def test_postgresql_speaks_only_tls_1_3(lab):
+    """`ssl_min_protocol_version = TLSv1.3` (it was 1.2): a client capped at TLS 1.2 is refused in the
+    handshake, and every connection the running app holds negotiated TLS 1.3."""
+    tls12 = _psql_as_app(lab, "select 1", options="ssl_max_protocol_version=TLSv1.2")
+    assert tls12.returncode != 0 and "SSL" in tls12.stderr, tls12.stdout + tls12.stderr
+    versions = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c \"select distinct s.version from pg_stat_ssl s "
+                            "join pg_stat_activity a using (pid) where a.usename = 'palisade_app'\"").stdout.split()
+    assert versions == ["TLSv1.3"]
+
+
 # --- secrets: no password in any log, the key-encryption key ------------------------------------
 
 
@@ -557,9 +567,43 @@ def test_the_kek_is_kept_across_reruns_and_restarts(lab):
 # --- upgrade -------------------------------------------------------------------------------------
 
 
+def _database_revision(lab: Lab) -> str:
+    return lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c 'select version_num from alembic_version'").stdout.strip()
+
+
+def test_upgrade_check_reports_the_migrations_and_changes_nothing(lab):
+    """`upgrade.yml --check` used to crash; now it lists what the new release would apply, through
+    the new release itself, and leaves the host, the service and the database as they were."""
+    new = f"{lab.versions[0]}.post1"
+    lab.newer_source = source_copy(lab.workdir / f"src-{new}", version=new, probe_migration=True)
+    running, revision = _current_release(lab), _database_revision(lab)
+    releases = lab.host.ssh("ls -a /opt/palisade /opt/palisade/releases").stdout
+    run = lab.playbook("upgrade.yml", "--check", "-e", f"palisade_source_dir={lab.newer_source}")
+    assert run.returncode == 0, _ok(run)
+    assert "1 migration(s) to apply: 9900_ansible_upgrade_probe" in run.output
+    assert "Check mode, nothing changed: a real run would back up the database" in run.output
+    assert "applying 9900_ansible_upgrade_probe" in run.output
+    assert (_current_release(lab), _database_revision(lab)) == (running, revision)
+    assert lab.host.ssh("ls -a /opt/palisade /opt/palisade/releases").stdout == releases  # the check's copy is gone
+    assert lab.host.ssh("systemctl is-active palisade.service").stdout.strip() == "active"
+
+
+def test_upgrade_refuses_a_migration_that_needs_every_host_stopped(lab):
+    """A contract step (the migration declares `needs_stop`) would break the hosts still serving
+    the running release during a host-by-host upgrade: refused before any host or the database changes."""
+    contract = f"{lab.versions[0]}.post3"
+    source = source_copy(lab.workdir / f"src-{contract}", version=contract, probe_migration=True,
+                         needs_stop="the running release still writes the column this drops")
+    running, revision = _current_release(lab), _database_revision(lab)
+    run = lab.playbook("upgrade.yml", "-e", f"palisade_source_dir={source}")
+    assert run.returncode != 0, "the contract step was not refused"
+    assert "Nothing was changed on the database. 9900_ansible_upgrade_probe needs every app host stopped first" in run.output
+    assert "the running release still writes the column this drops" in run.output
+    assert (_current_release(lab), _database_revision(lab)) == (running, revision)
+
+
 def test_upgrade_to_a_newer_build_keeps_all_data(lab):
     old, new = lab.versions[0], f"{lab.versions[0]}.post1"
-    lab.newer_source = source_copy(lab.workdir / f"src-{new}", version=new, probe_migration=True)
     before = _tenant_slugs(lab)
     run = lab.playbook("upgrade.yml", "-e", f"palisade_source_dir={lab.newer_source}")
     assert run.returncode == 0, _ok(run)
