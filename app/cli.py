@@ -124,9 +124,9 @@ def doctor() -> None:
 
 def _doctor(app_url: str):
     from app.db.doctor import run_doctor
-    from app.db.migrate import head_revision
+    from app.db.migrate import release_revisions
 
-    return run_doctor(app_url, expected_head=head_revision())
+    return run_doctor(app_url, revisions=release_revisions())
 
 
 @cli.command()

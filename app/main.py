@@ -60,9 +60,9 @@ def _verifier(settings: Settings) -> TokenVerifier:
 
 def _refuse_unsafe_database(settings: Settings) -> None:
     from app.db.doctor import run_doctor
-    from app.db.migrate import head_revision
+    from app.db.migrate import release_revisions
 
-    report = run_doctor(settings.database_url, expected_head=head_revision())
+    report = run_doctor(settings.database_url, revisions=release_revisions())
     if not report.ok:
         for finding in report.findings:
             log.error("doctor_finding", extra={"check": finding.check, "subject": finding.subject})

@@ -14,7 +14,7 @@ import statistics
 import time
 
 from app.db.doctor import run_doctor
-from app.db.migrate import head_revision
+from app.db.migrate import release_revisions
 from bench.kit import Context, Row, Section
 
 NAME = "doctor"
@@ -22,9 +22,9 @@ TITLE = "palisade doctor"
 TARGET_SECONDS = 1.0
 
 
-def _timed(url: str, head: str) -> float:
+def _timed(url: str, revisions: tuple[str, ...]) -> float:
     began = time.perf_counter()
-    report = run_doctor(url, expected_head=head)
+    report = run_doctor(url, revisions=revisions)
     elapsed = time.perf_counter() - began
     if not report.ok:
         raise AssertionError(f"doctor failed on a benchmark database: {report.findings}")
@@ -33,14 +33,14 @@ def _timed(url: str, head: str) -> float:
 
 def run(ctx: Context) -> Section:
     section = Section(NAME, TITLE)
-    head = head_revision()
+    revisions = release_revisions()
     data = ctx.dataset
     empty = ctx.server.scratch("doctor")
     try:
         measured, baseline = [], []
         for _ in range(max(ctx.scale.rounds, 3)):
-            measured.append(_timed(data.db.app_url, head))
-            baseline.append(_timed(empty.app_url, head))
+            measured.append(_timed(data.db.app_url, revisions))
+            baseline.append(_timed(empty.app_url, revisions))
     finally:
         ctx.server.drop(empty)
     value, base = statistics.median(measured), statistics.median(baseline)

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, pool, text
 from app.config import IssuerConfig, Settings
 from app.main import StartupRefused, create_app
 from tests.support.database import ROOT, superuser_execute
+from tests.support.releases import PROBE_REVISION, next_release, palisade
 
 PALISADE = [sys.executable, "-m", "app.cli"]
 
@@ -242,22 +243,15 @@ class TestMigrationPlan:
         assert _revision(db) == (current,)  # nothing was applied
 
     def test_check_fails_when_a_pending_migration_needs_the_running_release_stopped(self, database_one_release_behind, tmp_path):
-        db, _, head = database_one_release_behind
-        # The next release, as its checkout: this one's migrations plus a contract step.
-        shutil.copytree(ROOT / "migrations", tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
-        (tmp_path / "migrations" / "versions" / "9999_01_01_0000-contract_probe.py").write_text(
-            f'"""Revoke what the previous release still uses."""\n\nrevision = "contract_probe"\n'
-            f'down_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n'
-            'needs_stop = "the previous release still inserts into audit_events"\n\n\n'
-            "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n")
-        result = subprocess.run([*PALISADE, "migrate", "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "PALISADE_ADMIN_DATABASE_URL": db.admin_url})
+        db, _, _ = database_one_release_behind
+        release = next_release(tmp_path, needs_stop="the previous release still inserts into audit_events")
+        env = {"PALISADE_ADMIN_DATABASE_URL": db.admin_url}
+        result = palisade(release, "migrate", "--check", env=env)
         assert result.returncode == 2, result.stdout + result.stderr
-        assert "contract_probe: Revoke what the previous release still uses. [NEEDS A STOP: the previous release still inserts" in result.stdout
-        assert "must be stopped before contract_probe" in result.stderr
-        listed = subprocess.run([*PALISADE, "migrate", "--list-pending"], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=120, env={**os.environ, "PALISADE_ADMIN_DATABASE_URL": db.admin_url})
-        assert listed.returncode == 0  # listing alone never fails on it
+        assert (f"{PROBE_REVISION}: Revoke what the previous release still uses. "
+                "[NEEDS A STOP: the previous release still inserts") in result.stdout
+        assert f"must be stopped before {PROBE_REVISION}" in result.stderr
+        assert palisade(release, "migrate", "--list-pending", env=env).returncode == 0  # listing alone never fails on it
 
     def test_a_database_a_newer_release_migrated_is_named_with_exit_3(self, fresh_database):
         superuser_execute(fresh_database.superuser_db_url, "UPDATE alembic_version SET version_num = 'from_the_future'")

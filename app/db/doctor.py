@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy
@@ -231,6 +232,7 @@ GLOBAL_TABLES: dict[str, str] = {
     "public.alert_counters": "platform alert windows; tenant ids only inside opaque keys",
     "public.alert_firings": "platform alert state; tenant ids only inside opaque keys",
     "public.rate_limit_windows": "rate-limit buckets keyed by pseudonymous digests",
+    "public.schema_compatibility": "the newest contract step applied, read by doctor (migration 0011)",
 }
 
 # Functions in our schemas the app role may EXECUTE (signature as format('%I.%I(%s)') prints it):
@@ -508,6 +510,9 @@ _SQL_ALEMBIC_READABLE = text(
     " coalesce(has_table_privilege(to_regclass('alembic_version'), 'SELECT'), false)"
 )
 _SQL_ALEMBIC_VERSION = text("select version_num from alembic_version order by 1")
+# Written by `palisade migrate` since revision 0011; absent before it.
+_SQL_COMPATIBILITY_READABLE = text("select coalesce(has_table_privilege(to_regclass('schema_compatibility'), 'SELECT'), false)")
+_SQL_COMPATIBLE_SINCE = text("select compatible_since from schema_compatibility")
 
 _POLICY_COMMANDS = {"*": "ALL", "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
 
@@ -867,17 +872,29 @@ def _check_reachable(conn: sqlalchemy.Connection) -> list[Finding]:
     return findings
 
 
-def _check_migration_head(conn: sqlalchemy.Connection, expected_head: str) -> list[Finding]:
+def _check_migration_head(conn: sqlalchemy.Connection, revisions: Sequence[str]) -> list[Finding]:
+    """The schema is at this release's head, or at a newer release's head that this release can run
+    on: every migration since its own head is an expand step (the newest contract step applied,
+    recorded by `palisade migrate`, is one this release knows)."""
     exists, readable = conn.execute(_SQL_ALEMBIC_READABLE).one()
     if not exists:
         return [Finding("migration_head", "alembic_version", "The database has no alembic_version table; run palisade migrate.")]
     if not readable:
         return [Finding("migration_head", "alembic_version", "The app role cannot read alembic_version, so the schema revision is unknown.")]
     current = conn.execute(_SQL_ALEMBIC_VERSION).scalars().all()
-    if current != [expected_head]:
-        at = ", ".join(current) or "no revision"
-        return [Finding("migration_head", "alembic_version", f"The schema is at {at}, not the migrations' head {expected_head}; run palisade migrate.")]
-    return []
+    head = revisions[-1]
+    if current == [head]:
+        return []
+    at = ", ".join(current) or "no revision"
+    if len(current) == 1 and current[0] not in revisions:
+        since = conn.execute(_SQL_COMPATIBLE_SINCE).scalar() if conn.execute(_SQL_COMPATIBILITY_READABLE).scalar() else None
+        if since in revisions:
+            return []  # a newer release migrated it with expand steps only
+        reason = (f"a migration that needs this release stopped ({since}) was applied" if since
+                  else "it records no compatibility")
+        return [Finding("migration_head", "alembic_version",
+                        f"The schema is at {at}, from a newer release than this one (head {head}), and {reason}; run the newer release.")]
+    return [Finding("migration_head", "alembic_version", f"The schema is at {at}, not the migrations' head {head}; run palisade migrate.")]
 
 
 # --- The live probe --------------------------------------------------------------------------
@@ -1060,7 +1077,7 @@ def run_probe(conn: sqlalchemy.Connection) -> list[Finding]:
     return list(unique.values())
 
 
-def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None = None) -> Report:
+def run_checks(connection: sqlalchemy.Connection, *, revisions: Sequence[str] | None = None) -> Report:
     """Run every check on an open connection (as the app role) and report what is wrong."""
     # Catalog names resolve in pg_catalog first, and PostgreSQL deparses the policies against
     # this path, whatever search_path the role was given.
@@ -1088,13 +1105,13 @@ def run_checks(connection: sqlalchemy.Connection, *, expected_head: str | None =
         findings.extend(check(connection))
         checks_run.extend(ids)
     # Without a head to compare with, the check is not run, and checks_run says so.
-    if expected_head is not None:
-        findings.extend(_check_migration_head(connection, expected_head))
+    if revisions is not None:
+        findings.extend(_check_migration_head(connection, revisions))
         checks_run.append("migration_head")
     return Report(findings=findings, checks_run=checks_run)
 
 
-def run_doctor(app_url: str, *, expected_head: str | None = None) -> Report:
+def run_doctor(app_url: str, *, revisions: Sequence[str] | None = None) -> Report:
     """Connect with the app's own URL, run the checks read-only, and dispose of the connection."""
     if app_url.startswith("postgresql://"):
         # The bare scheme would pick psycopg2; the project runs on psycopg 3 (as app.config does).
@@ -1104,7 +1121,7 @@ def run_doctor(app_url: str, *, expected_head: str | None = None) -> Report:
         # One read-only snapshot: the checks see a consistent catalog and cannot change anything.
         with engine.connect().execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) as conn:
             try:
-                report = run_checks(conn, expected_head=expected_head)
+                report = run_checks(conn, revisions=revisions)
             finally:
                 conn.rollback()
         # A role that bypasses row level security is failed already; probing its policies proves nothing.

@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 import migrations
 
@@ -34,9 +34,32 @@ def alembic_config(*, admin_url: str, app_role: str) -> Config:
     return cfg
 
 
+# The first revision that records which releases can run on the schema (below).
+COMPATIBILITY_SINCE = "0011"
+
+
 def upgrade(*, admin_url: str, app_role: str, revision: str = "head") -> None:
-    """Apply migrations as the admin role; creates the app role if it is missing."""
+    """Apply migrations as the admin role; creates the app role if it is missing.
+
+    Then record the newest applied migration that needs the previous release stopped (a contract
+    step: its module's `needs_stop`), so an older release can tell whether it may run on the
+    schema (doctor's `migration_head`): it may when it knows that revision.
+    """
     command.upgrade(alembic_config(admin_url=admin_url, app_role=app_role), revision)
+    script = _scripts()
+    engine = create_engine(admin_url, poolclass=pool.NullPool, hide_parameters=True)
+    try:
+        with engine.begin() as conn:
+            current = MigrationContext.configure(conn).get_current_heads()
+            applied = [rev.revision for rev in script.iterate_revisions(current, "base")]  # newest first
+            if COMPATIBILITY_SINCE not in applied:
+                return
+            stops = [rev for rev in applied[: applied.index(COMPATIBILITY_SINCE)]
+                     if getattr(script.get_revision(rev).module, "needs_stop", None)]
+            conn.execute(text("UPDATE schema_compatibility SET compatible_since = :since"),
+                         {"since": stops[0] if stops else COMPATIBILITY_SINCE})
+    finally:
+        engine.dispose()
 
 
 def scram_verifier(password: str, *, iterations: int = 4096) -> str:
@@ -137,3 +160,8 @@ def head_revision() -> str:
     head = _scripts().get_current_head()
     assert head is not None
     return head
+
+
+def release_revisions() -> tuple[str, ...]:
+    """Every revision this build ships, oldest first (the last is the head)."""
+    return tuple(rev.revision for rev in reversed(list(_scripts().walk_revisions())))

@@ -5,20 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from alembic.script import ScriptDirectory
+import sqlalchemy.exc
+from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from app.db.doctor import CHECKS, Finding, Report, is_true_option, run_doctor, server_version_problem
-from app.db.migrate import alembic_config
+from app.db.migrate import head_revision, release_revisions
 from tests.support.database import superuser_execute
+from tests.support.releases import PROBE_REVISION, next_release, palisade
 
 if TYPE_CHECKING:  # imported at runtime, pytest would try to collect the Test* dataclass
     from tests.support.database import TestDatabase
-
-
-def head(db: TestDatabase) -> str:
-    """The migrations' head revision, computed the way the CLI does."""
-    return ScriptDirectory.from_config(alembic_config(admin_url=db.admin_url, app_role=db.app_role)).get_current_head()
 
 
 def admin_execute(db: TestDatabase, *statements: str) -> None:
@@ -27,7 +24,7 @@ def admin_execute(db: TestDatabase, *statements: str) -> None:
 
 
 def doctor(db: TestDatabase) -> Report:
-    return run_doctor(db.app_url, expected_head=head(db))
+    return run_doctor(db.app_url, revisions=release_revisions())
 
 
 def of(report: Report, check: str) -> list[Finding]:
@@ -245,7 +242,31 @@ class TestKeysIncludeTenant:
 
 
 class TestMigrationHead:
-    def test_expected_head_mismatch(self, database):
-        report = run_doctor(database.app_url, expected_head="9999")
+    def test_a_schema_behind_this_release_is_refused(self, database):
+        report = run_doctor(database.app_url, revisions=(*release_revisions(), "9999"))
         assert [(f.check, f.subject) for f in report.findings] == [("migration_head", "alembic_version")]
-        assert "9999" in report.findings[0].message and head(database) in report.findings[0].message
+        assert f"at {head_revision()}, not the migrations' head 9999; run palisade migrate" in report.findings[0].message
+
+    def test_a_newer_release_with_expand_steps_only_is_run_on(self, fresh_database, tmp_path):
+        """A host still on this release (or rolled back to it) after the next release migrated."""
+        migrated = palisade(next_release(tmp_path), "migrate", env={
+            "PALISADE_ADMIN_DATABASE_URL": fresh_database.admin_url, "PALISADE_DATABASE_URL": fresh_database.app_url})
+        assert migrated.returncode == 0, migrated.stderr
+        assert run_doctor(fresh_database.app_url, revisions=release_revisions()).ok
+
+    def test_a_newer_release_with_a_contract_step_is_refused(self, fresh_database, tmp_path):
+        migrated = palisade(next_release(tmp_path, needs_stop="drops a column this release reads"), "migrate", env={
+            "PALISADE_ADMIN_DATABASE_URL": fresh_database.admin_url, "PALISADE_DATABASE_URL": fresh_database.app_url})
+        assert migrated.returncode == 0, migrated.stderr
+        report = run_doctor(fresh_database.app_url, revisions=release_revisions())
+        assert [(f.check, f.subject) for f in report.findings] == [("migration_head", "alembic_version")]
+        assert (f"The schema is at {PROBE_REVISION}, from a newer release than this one (head {head_revision()}), and a "
+                f"migration that needs this release stopped ({PROBE_REVISION}) was applied") in report.findings[0].message
+
+    def test_the_compatibility_record_is_for_the_schema_owner_to_write(self, database):
+        engine = create_engine(database.app_url, poolclass=pool.NullPool)
+        with engine.connect() as conn:
+            assert conn.scalar(text("select compatible_since from schema_compatibility")) == "0011"
+            with pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"):
+                conn.execute(text("update schema_compatibility set compatible_since = 'x'"))
+        engine.dispose()
