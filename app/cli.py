@@ -120,6 +120,9 @@ def doctor() -> None:
     if not report.ok:
         raise typer.Exit(code=1)
     typer.echo(f"doctor: all {len(report.checks_run)} checks passed")
+    if settings.turnstile == "off":
+        typer.echo("note: PALISADE_TURNSTILE=off: public routes (invitation acceptance) get no human check, "
+                   "only their rate limits")
 
 
 def _doctor(app_url: str):

@@ -126,7 +126,10 @@ class Settings(BaseSettings):
     # Host names this API answers for (exact, case-insensitive; empty: any). Another Host (a
     # platform's default name, an IP) gets 421 before routing; /health/* answer any (probes use IPs).
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Cloudflare Turnstile on public routes: on when a secret is set; production requires it.
+    # Cloudflare Turnstile on public routes: on when a secret is set; production requires it
+    # unless turned `off` explicitly (an install with no route to Cloudflare: no human check on
+    # public routes, only their rate limits; README "Turnstile").
+    turnstile: Literal["on", "off"] = "on"
     turnstile_secret: str | None = None
     turnstile_siteverify_url: str = "https://challenges.cloudflare.com/turnstile/v0/siteverify"
     turnstile_expected_hostname: str | None = None
@@ -240,13 +243,15 @@ class Settings(BaseSettings):
     def check_can_serve(self) -> None:
         """What serving the API needs beyond the settings' own checks (`create_app`, `palisade serve`).
 
-        Production keeps Turnstile on its public routes and answers only its own host names: with
+        Production keeps Turnstile on its public routes (unless PALISADE_TURNSTILE=off says
+        otherwise) and answers only its own host names: with
         no allow-list any `Host` would be served, and a client would choose the name the app
         believes it has. Commands that do not serve (migrate, doctor) need neither.
         """
         if self.mode is not Mode.production:
             return
-        self.require("turnstile_secret")
+        if self.turnstile == "on":
+            self.require("turnstile_secret")
         if not self.allowed_hosts:
             raise ValueError("production mode needs PALISADE_ALLOWED_HOSTS: the host names clients use to reach "
                              "this API, comma-separated (e.g. palisade.example.com); any other Host is refused")

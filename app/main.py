@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.verifier = _verifier(settings)
         instrument_httpx_client(app.state.verifier.http)
         app.state.turnstile = TurnstileVerifier(settings)
+        if settings.turnstile == "off":
+            log.warning("turnstile_off", extra={"public_routes": "no human check, rate limits only"})
         alert_engine = alerts.AlertEngine(engine, settings).start()
         alerts.install(alert_engine)
         # Issue 9: move everything alive after startup (modules, routes, schemas, the engine) out of

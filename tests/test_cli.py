@@ -41,6 +41,11 @@ class TestDoctorCommand:
         assert result.returncode == 0, result.stderr
         assert re.search(r"all \d+ checks passed", result.stdout)
 
+    def test_says_what_turning_turnstile_off_gives_up(self, database):
+        result = run("doctor", env={"PALISADE_DATABASE_URL": database.app_url, "PALISADE_TURNSTILE": "off"})
+        assert result.returncode == 0, result.stderr
+        assert "note: PALISADE_TURNSTILE=off: public routes (invitation acceptance) get no human check" in result.stdout
+
     def test_fails_naming_the_table_without_force(self, fresh_database):
         superuser_execute(fresh_database.superuser_db_url, "ALTER TABLE documents NO FORCE ROW LEVEL SECURITY")
         result = run("doctor", env={"PALISADE_DATABASE_URL": fresh_database.app_url})
@@ -69,6 +74,13 @@ class TestProductionStartup:
     def test_starts_on_a_sound_database(self, database):
         with TestClient(create_app(self.settings(database))) as client:
             assert client.get("/health/ready").status_code == 200
+
+    def test_starts_without_turnstile_only_when_told_so(self, database, caplog):
+        """An air-gapped install cannot reach Cloudflare: PALISADE_TURNSTILE=off, said explicitly."""
+        settings = self.settings(database).model_copy(update={"turnstile_secret": None, "turnstile": "off"})
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/health/ready").status_code == 200
+        assert "turnstile_off" in [r.getMessage() for r in caplog.records]
 
     def test_refuses_to_start_without_its_host_names(self, database):
         # Issue 16: with no allow-list every Host was served, and the client chose the name the app

@@ -1,6 +1,7 @@
 """Cloudflare Turnstile on public routes, verified server-side against siteverify.
 
-On when a secret is configured (production requires one). Any doubt fails closed: a missing,
+On when a secret is configured (production requires one) and PALISADE_TURNSTILE is not `off`,
+which production accepts only as an explicit choice (no route to Cloudflare). Any doubt fails closed: a missing,
 invalid, reused or mismatched token is a 400; siteverify unreachable or answering nonsense is a
 503, never a pass. Both are audited; the token and the secret are never logged.
 """
@@ -43,7 +44,7 @@ class TurnstileVerifier:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._settings.turnstile_secret)
+        return self._settings.turnstile == "on" and bool(self._settings.turnstile_secret)
 
     def close(self) -> None:
         self._http.close()

@@ -131,3 +131,11 @@ class TestOutageFailsClosed:
         settings = settings_for(database, idp, turnstile_secret=SECRET, turnstile_siteverify_url="http://127.0.0.1:9/siteverify")
         with TestClient(create_app(settings)) as c:
             assert accept(c, person(client, idp, email=INVITEE), invitation(world), GOOD, "ts-unreach").status_code == 503
+
+
+class TestTurnedOff:
+    def test_off_wins_over_a_configured_secret(self, world, client, idp, database, siteverify):
+        settings = settings_for(database, idp, turnstile="off", turnstile_secret=SECRET, turnstile_siteverify_url=siteverify.url)
+        with TestClient(create_app(settings)) as c:
+            assert accept(c, person(client, idp, email=INVITEE), invitation(world), None, "ts-off").status_code == 200
+        assert siteverify.calls == []
