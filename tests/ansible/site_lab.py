@@ -3,6 +3,7 @@ of the source tree at other versions (a newer build, a deliberately broken one).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import shutil
@@ -61,6 +62,8 @@ class Lab:
         self.inventory = workdir / "inventory"
         self.vault_password_file = workdir / "vault-password"
         self.build_dir = workdir / "build"
+        # An address on the host side of the test network that is not an admin network.
+        self.outsider = str(ipaddress.ip_address(host.host_ip) + 2)
         self.app_password = secrets.token_urlsafe(24)
         self.admin_password = secrets.token_urlsafe(24) + "/+@:"  # characters a URL must escape
         self.turnstile_secret = "0x4AAAAAAA" + secrets.token_hex(8)
@@ -91,6 +94,10 @@ class Lab:
         site = {
             "postgresql_listen_addresses": ["localhost"],
             "postgresql_hba_app_networks": ["127.0.0.1/32"],
+            # The test runner, on the host side of the test network, is the admin network; another
+            # address there (the firewall test adds it) may reach one more port, nothing else.
+            "firewall_admin_networks": [f"{self.host.host_ip}/32"],
+            "firewall_extra_inbound": [{"port": FIREWALL_EXTRA_PORT, "networks": [f"{self.outsider}/32"]}],
             "palisade_database_host": "127.0.0.1",
             "palisade_build_dir": str(self.build_dir),
             "palisade_issuers": [{"issuer": ISSUER, "audience": "palisade", "discovery_url": self.idp.discovery_url}],
@@ -171,6 +178,7 @@ def _source_files(base: Path) -> list[str]:
             if path.is_file() and not skip & set(path.relative_to(base).parts) and ".egg-info" not in str(path)]
 
 
+FIREWALL_EXTRA_PORT = 9999
 PROBE_REVISION = "9900_ansible_upgrade_probe"
 PROBE_COMMENT = "upgraded by the Ansible converge test"
 

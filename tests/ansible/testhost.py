@@ -218,7 +218,8 @@ class TestHost:
         self._nspawn = subprocess.Popen(
             ["systemd-nspawn", "--boot", f"--directory={self.root}", f"--machine={self.name}", "--register=no",
              "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns}", "--resolv-conf=off",
-             "--timezone=off", "--console=read-only"],
+             # A real host's root may set its firewall (nftables) in its own network namespace.
+             "--capability=CAP_NET_ADMIN", "--timezone=off", "--console=read-only"],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
         )
         console.close()
