@@ -307,6 +307,8 @@ def _key_wrapper(settings):
 def keys_rotate(
     tenant: Annotated[list[str], typer.Option(help="Only this tenant (repeatable); default: every tenant.")] = [],  # noqa: B006
     new_version: Annotated[bool, typer.Option(help="Local key files: first add a new KEK version.")] = True,
+    rewrap: Annotated[bool, typer.Option(help="Re-wrap now; --no-rewrap only adds the version (copy it to every "
+                                              "host, then run this with --no-new-version).")] = True,
 ) -> None:
     """Re-wrap every tenant data key under the KEK's newest version; no downtime, old versions keep working.
 
@@ -320,6 +322,8 @@ def keys_rotate(
     settings = _settings()
     if new_version and settings.kek_provider == "local" and settings.kek_dir:
         typer.echo(f"new local KEK version {LocalKeyWrapper.create_version(settings.kek_dir)}")
+    if not rewrap:
+        return
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         done = rewrap_all(make_session_factory(engine), _key_wrapper(settings), tenant_ids=_tenant_ids(tenant))

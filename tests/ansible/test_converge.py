@@ -596,6 +596,27 @@ def test_the_kek_is_kept_across_reruns_and_restarts(lab):
     assert replaced["fingerprint"] == kek["fingerprint"]
 
 
+def test_the_kek_rotates_with_a_playbook_tag_and_credentials_still_read(lab):
+    """`site.yml --tags kek-rotate`: a second version beside the first (kept: older wrapped keys and
+    backups need it), every tenant's data keys re-wrapped under it, the credential stored before
+    still served with the same fingerprint, and the rest of the install untouched."""
+    kek = getattr(lab, "kek", None)
+    assert kek, "the credential test above did not get as far as storing a credential"
+    run = lab.playbook("site.yml", "--tags", "kek-rotate")
+    assert run.returncode == 0, _ok(run)
+    assert [task for task in run.changed_tasks() if "key" not in task.lower()] == []
+    files = _kek_files(lab)
+    assert files["kek-1.key"] == kek["files"]["kek-1.key"]
+    assert files["kek-2.key"].split()[:2] == ["600", "palisade"] and files["kek-2.key"] != files["kek-1.key"]
+    wrapped_under = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c "
+                                 "\"select distinct kek_version from tenant_data_keys where state <> 'destroyed'\"").stdout.split()
+    assert wrapped_under == ["2"]
+    token = lab.idp.token(kek["subject"])
+    status, read = _api(lab, "GET", kek["credential"], token)
+    assert status == 200 and read["fingerprint"] == kek["fingerprint"], read
+    lab.kek["files"] = {name: entry for name, entry in files.items() if name != "."}
+
+
 # --- upgrade -------------------------------------------------------------------------------------
 
 
