@@ -688,3 +688,5 @@ def test_broken_build_rolls_back_to_the_running_release(lab):
     negotiated, status, _, _ = _https_get(lab, "/health/ready")
     assert (negotiated, status) == ("TLSv1.3", 200)
     assert _tenant_slugs(lab) == ["acme"]
+    # Two upgrades (one rolled back), a KEK rotation and a password rotation later: still no secret in any log.
+    assert _secrets_in_logs(lab) == []
