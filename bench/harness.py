@@ -45,7 +45,7 @@ from tests.support.idp import TestIdP, start_idp
 AUDIENCE = "palisade-bench"
 ORIGIN = "https://app.bench.invalid"  # on the secured side's CORS allow-list: every request carries it
 DOCUMENTS = "/api/v1/tenants/{tenant}/workspaces/{workspace}/documents"
-STARTUP_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 180.0  # seconds; a loaded 2-core machine once needed more than 60 to import and start the app
 STOP_TIMEOUT = 10.0
 
 
