@@ -78,7 +78,7 @@ Design notes
   a signature check (unknown key ids trigger at most one JWKS refresh per cooldown); a valid one
   goes on and is verified again by the route. Failures are still counted while the store is unreachable, in this
   process (`MemoryStore`), so each replica then enforces the limit on its own; the audit trail
-  buffers them too (`app.audit.signins`). Health probes are exempt.
+  buffers them too (`app.audit.buffered`). Health probes are exempt.
 - Responses: a 429 is problem+json with `Retry-After`; every limited response (429, 401 and
   successful ones) carries `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
   `RateLimit-Policy: <limit>;w=<window>` (draft-ietf-httpapi-ratelimit-headers). `RateLimit-Reset`
