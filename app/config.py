@@ -119,8 +119,9 @@ class Settings(BaseSettings):
     rate_limit_classes: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     # How long an Idempotency-Key (app/idempotency.py) is kept: a retry within it replays the response.
     idempotency_key_hours: int = Field(default=24, ge=1, le=168)
-    # Failed sign-ins are written to the audit trail aggregated, from a buffer flushed this often.
-    sign_in_audit_flush_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # Failed sign-ins and database-busy refusals are written to the audit trail aggregated, from a
+    # buffer flushed this often (app/audit/buffered.py).
+    audit_buffer_flush_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Largest upload accepted (brand assets, knowledge files).
     upload_max_bytes: int = Field(default=10_485_760, ge=1024)
     # Host names this API answers for (exact, case-insensitive; empty: any). Another Host (a

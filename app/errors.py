@@ -32,3 +32,8 @@ class Conflict(DomainError):
 class Unauthenticated(DomainError):
     status = 401
     title = "Unauthorized"
+
+
+class WouldWait(Exception):
+    """A check asked not to wait (`wait=False`) would have had to wait for I/O to answer (e.g. a
+    JWKS fetch in flight): the caller asks again where waiting is fine (a worker thread)."""

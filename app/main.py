@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from app import alerts, idempotency, openapi, problems
 from app.audit import service as audit
+from app.audit.buffered import AuditBuffer
 from app.audit.router import router as audit_router
-from app.audit.signins import SignInFailures
 from app.auth.dependencies import authenticate, get_principal
 from app.auth.oidc import TokenVerifier
 from app.authz import denials
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = make_session_factory(engine)
         audit.install_log_hooks(app.state.sessions)
         checkpointer = _checkpointer(settings, app.state.sessions)  # first: a bad key or sink stops startup here
-        app.state.sign_in_failures = SignInFailures(app.state.sessions, interval=settings.sign_in_audit_flush_seconds).start()
+        app.state.audit_buffer = AuditBuffer(app.state.sessions, interval=settings.audit_buffer_flush_seconds).start()
         wrapper = key_wrapper_from_settings(settings)
         data_keys = datakeys.DataKeys(wrapper, ttl_seconds=settings.data_key_cache_seconds,
                                       max_entries=settings.data_key_cache_size) if wrapper else None
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 alerts.install(None)
             if data_keys is not None and datakeys.current() is data_keys:
                 datakeys.install(None)
-            app.state.sign_in_failures.stop()  # before the alert engine: its events feed alerts
+            app.state.audit_buffer.stop()  # before the alert engine: its events feed alerts
             if checkpointer is not None:
                 checkpointer.stop()  # after the last audit writes: they are anchored too
             alert_engine.stop(timeout=5)
@@ -151,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     traces_sample_rate=settings.sentry_traces_sample_rate, release=f"palisade@{app.version}")
     configure_tracing()  # once per process; exports only when OTEL_* settings ask for it
     instrument_app(app)
-    problems.install(app)
+    problems.install(app, on_busy=denials.record_database_busy)  # audited, buffered (app/audit/buffered.py)
     denials.install(app)
 
     # The correlation id and the 5xx counter: the outermost user middlewares (app/observability/http.py).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
@@ -53,12 +54,17 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     return sorted(methods)
 
 
-def _busy() -> JSONResponse:
-    return problem(503, detail="The service is busy; try again shortly.",
-                   headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
+def install(app: FastAPI, *, on_busy: Callable[[Request, str], None] | None = None) -> None:
+    """The exception handlers. `on_busy(request, reason)` hears of each database-busy refusal
+    (`create_app` wires it to the buffered audit trail); it must do no I/O."""
 
+    def busy(request: Request, reason: str) -> JSONResponse:
+        log.warning("database_busy", extra={"reason": reason})
+        if on_busy is not None:
+            on_busy(request, reason)
+        return problem(503, detail="The service is busy; try again shortly.",
+                       headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
 
-def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if isinstance(exc, Unauthenticated) else None
@@ -92,16 +98,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(PoolTimeout)
     async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
-        log.warning("database_busy", extra={"reason": "pool_timeout"})
-        return _busy()
+        return busy(request, "pool_timeout")
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
         # A lock or statement timeout: the transaction rolled back, nothing changed; try again.
         sqlstate = getattr(exc.orig, "sqlstate", None)
         if sqlstate in _BUSY_SQLSTATES:
-            log.warning("database_busy", extra={"reason": "lock_timeout" if sqlstate == "55P03" else "statement_timeout"})
-            return _busy()
+            return busy(request, "lock_timeout" if sqlstate == "55P03" else "statement_timeout")
         log.exception("database_error")
         return problem(500)
 

@@ -193,6 +193,21 @@ class AppServer:
         stop_process(self.process)
 
 
+def cpu_per_request(server: AppServer, client: httpx.Client, probes: int, send: Callable[[], httpx.Response]) -> dict[str, Any]:
+    """`probes` requests one at a time: server CPU and wall time per request, the answers' statuses and sizes."""
+    send()  # warm
+    statuses: dict[str, int] = {}
+    sizes: list[int] = []
+    cpu, began = server.cpu_seconds(), time.perf_counter()
+    for _ in range(probes):
+        r = send()
+        statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+        sizes.append(len(r.content))
+    wall, cpu = time.perf_counter() - began, server.cpu_seconds() - cpu
+    return {"cpu_ms": 1000 * cpu / probes, "wall_ms": 1000 * wall / probes, "statuses": statuses,
+            "response_bytes": max(sizes), "example": r.text[:400]}
+
+
 @contextmanager
 def app_servers(configs: dict[str, dict[str, Any]], workdir: Path, *, core: int | None) -> Iterator[dict[str, AppServer]]:
     """`python -m bench.serve` for each named config (kind, settings…), all pinned to `core`, started

@@ -8,8 +8,9 @@ pinned to one core, `bench.serve`; the clients on the other core):
 1. Cost of each hostile body, directly: a server with no effective limit gets `PROBES` of each body
    one at a time from tenant A's member; CPU of the server process per request (`/proc`), the
    answer's status and size (body bytes; headers are the same ~1 KB as any answer's), and the same
-   for tenant B's `GET …/documents` (the read the victim sends). Bodies, each just under the body
-   cap (`max_body_bytes`, 1 MiB) and sent as `application/json`: `BODIES` below — invented keys
+   for tenant B's `GET …/documents` (the read the victim sends). Bodies, each just under the
+   route's body cap (its own, sized to its model, as its 413 names it: about 3.5 KB; the app's
+   `max_body_bytes`, 1 MiB, where a route has none) and sent as `application/json`: `BODIES` below — invented keys
    (the finding), and known-field errors: the one field `token` (a string of at most 200
    characters) given as a long string (plain, or all escapes), as long lists of empty lists, objects or numbers, or as
    deep nesting. No request model takes a list or an object, so one error is the most any of
@@ -47,6 +48,7 @@ from bench.harness import (
     Caller,
     app_servers,
     cores,
+    cpu_per_request,
     describe_profile,
     identities,
     in_workdir,
@@ -116,30 +118,15 @@ def _post(caller: Caller, body: str) -> tuple[str, dict[str, str], str, str]:
 # ---- measuring -------------------------------------------------------------------------------
 
 
-def _cost(server: AppServer, client: httpx.Client, probes: int, send: Callable[[], httpx.Response]) -> dict[str, Any]:
-    """`probes` requests one at a time: server CPU and wall time per request, the answers' statuses and sizes."""
-    send()  # warm
-    statuses: dict[str, int] = {}
-    sizes: list[int] = []
-    cpu, began = server.cpu_seconds(), time.perf_counter()
-    for _ in range(probes):
-        r = send()
-        statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
-        sizes.append(len(r.content))
-    wall, cpu = time.perf_counter() - began, server.cpu_seconds() - cpu
-    return {"cpu_ms": 1000 * cpu / probes, "wall_ms": 1000 * wall / probes, "statuses": statuses,
-            "response_bytes": max(sizes), "example": r.text[:400]}
-
-
 def _costs(server: AppServer, victim: Caller, neighbour: Caller, payloads: dict[str, str], probes: int) -> dict[str, Any]:
     headers = neighbour.headers() | {"Content-Type": "application/json"}
     out: dict[str, Any] = {}
     with httpx.Client(base_url=server.url, timeout=60) as client:
         paths = victim.paths()
-        out["victim GET documents"] = _cost(server, client, probes, lambda: client.get(paths[0], headers=victim.headers()))
+        out["victim GET documents"] = cpu_per_request(server, client, probes, lambda: client.get(paths[0], headers=victim.headers()))
         for name, body in payloads.items():
             data = body.encode()
-            out[name] = _cost(server, client, probes, lambda data=data: client.post(ACCEPT, content=data, headers=headers))
+            out[name] = cpu_per_request(server, client, probes, lambda data=data: client.post(ACCEPT, content=data, headers=headers))
             out[name]["request_bytes"] = len(data)
     return out
 
@@ -164,9 +151,9 @@ def _run(ctx: Context, workdir: Path) -> Section:
         name = f"palisade-bench-hostile-cost-{run_id}"
         settings = secured_settings(ctx, idp, per_minute=UNLIMITED, application_name=name)
         settings["rate_limit_classes"] |= {"auth-public": UNLIMITED}
-        payloads = bodies(_max_body_bytes(settings))
         with app_servers({"cost": {"kind": "secured", "application_name": name, "settings": settings}}, workdir,
                          core=app_core) as servers:
+            payloads = bodies(_body_cap(servers["cost"], neighbour, _max_body_bytes(settings)))
             warm(servers["cost"], [(p, victim.headers()) for p in victim.paths()])
             costs = _costs(servers["cost"], victim, neighbour, payloads, probes)
         others = [n for n in payloads if n != KEYS]
@@ -216,7 +203,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
                 for _ in range(NEIGHBOUR_LIMIT):  # spend what is left of the allowance
                     if client.post(ACCEPT, content=data, headers=headers).status_code == 429:
                         break
-                refused = _cost(server, client, probes, lambda: client.post(ACCEPT, content=data, headers=headers))
+                refused = cpu_per_request(server, client, probes, lambda: client.post(ACCEPT, content=data, headers=headers))
 
     seconds = {s: sum(end - start for start, end in w) for s, w in windows.items()}
     victim_by_state = {s: summary(_within(v["samples"], w)) for s, w in windows.items()}
@@ -233,6 +220,14 @@ def _run(ctx: Context, workdir: Path) -> Section:
     _rows(section, states, costs, victim_by_state, neighbour_by_state, server_cpu, machine, seconds, refused, profile,
           scale.rounds, window)
     return section
+
+
+def _body_cap(server: AppServer, caller: Caller, max_body_bytes: int) -> int:
+    """The most of a body the instance reads at ACCEPT: the route's own cap (app/edge/bodies.py), as
+    its 413 names it for a body of the app's `max_body_bytes`; else that."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        r = client.post(ACCEPT, content=b" " * max_body_bytes, headers=caller.headers() | {"Content-Type": "application/json"})
+    return int(r.json()["max_body_bytes"]) if r.status_code == 413 else max_body_bytes
 
 
 def _max_body_bytes(settings: dict[str, Any]) -> int:

@@ -12,7 +12,9 @@ attempts (app/edge/ratelimit.py). In one run:
    measured alone (half before, half after) and during the flood;
 3. the flood: `ADDRESSES` addresses, each sending bearer tokens signed by a key the IdP never
    published (random subjects) at 10 × L per minute, open-loop: after its first L failures an
-   address gets 429 instead of 401 (each attempt is still verified and buffered for the audit).
+   address gets 429 instead of 401 (each attempt is still verified and buffered for the audit);
+4. then, every address past its limit, `probes` of the flood's attempts one at a time on one
+   keep-alive connection: the server's CPU per refused attempt (`/proc`).
 
 Reported: the legitimate p99 flood/alone (target ≤ 1.5, as for the other neighbour benchmarks
 that have one), what the flood got, the server's CPU, and from the database how many write
@@ -23,11 +25,13 @@ one per failure before).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import create_engine, pool, text
@@ -35,6 +39,7 @@ from sqlalchemy import create_engine, pool, text
 from bench.harness import (
     app_servers,
     cores,
+    cpu_per_request,
     identities,
     in_workdir,
     machine_busy_seconds,
@@ -82,6 +87,7 @@ def _run(ctx: Context, workdir: Path) -> Section:
     section = Section(NAME, TITLE)
     scale = ctx.scale
     addresses = 1000 if scale.name == "full" else 50
+    probes = 1000 if scale.name == "full" else 100
     duration = scale.rounds * 1.5 * scale.http_seconds
     app_core, load_core = cores()
     run_id = secrets.token_hex(3)
@@ -117,6 +123,15 @@ def _run(ctx: Context, workdir: Path) -> Section:
                 during = legit_for("legit-flood", duration, seed=3)
                 f = flood_client.result(stop=True)
             flood_stopped = time.time()
+            # 4. What one refused attempt costs the server: every address is past its limit now.
+            attempts = itertools.cycle(flood)
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+
+                def attempt() -> httpx.Response:
+                    path, headers = next(attempts)
+                    return client.get(path, headers=headers)
+
+                refused = cpu_per_request(server, client, probes, attempt)
             after = legit_for("legit-alone-after", duration / 2, seed=4)
             time.sleep(2.5)  # the last flush (every second) lands
         events, failures, transactions = _platform_failures(ctx, flood_started - 1, flood_stopped + 3)
@@ -150,7 +165,11 @@ def _run(ctx: Context, workdir: Path) -> Section:
                     baseline=cpu_alone, ratio=cpu_flood / cpu_alone if cpu_alone else None,
                     note="each failing attempt is verified before it is refused (a valid token is never refused for "
                          "its address's failures), so the flood costs CPU; the audit costs one transaction per second"))
-    section.artifacts.update(addresses=addresses, flood_rate=flood_rate, alone=alone, flooded=flooded,
+    section.add(Row(metric="app server CPU per refused failing attempt (one at a time, keep-alive)",
+                    value=refused["cpu_ms"], unit="ms",
+                    note=f"{probes} attempts from addresses past their limit, forged tokens, one connection: "
+                         f"{refused['statuses']}"))
+    section.artifacts.update(addresses=addresses, flood_rate=flood_rate, alone=alone, flooded=flooded, refused=refused,
                              flood=flood_in_window, events=events, failures=failures, transactions=transactions,
                              cores={"app_server": app_core, "load_generators": load_core})
     return section

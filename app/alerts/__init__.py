@@ -19,6 +19,7 @@ from app.alerts.rules import (
     BREAKER_OPEN,
     DATA_DELETION,
     DATA_EXPORT,
+    DATABASE_BUSY,
     DEFAULT_RULES,
     HTTP_5XX,
     RATE_LIMIT_SATURATED,
@@ -62,7 +63,7 @@ def observe_audit_event(event: dict[str, Any]) -> None:
 
 __all__ = [
     "ACCESS_DENIED", "APPROVAL_BACKLOG", "AUDIT_CHAIN_BROKEN", "AUTH_FAILURE_IP", "AUTH_FAILURE_ISSUER",
-    "BREAKER_OPEN", "DATA_DELETION", "DATA_EXPORT", "DEFAULT_RULES", "HTTP_5XX", "RATE_LIMIT_SATURATED",
+    "BREAKER_OPEN", "DATABASE_BUSY", "DATA_DELETION", "DATA_EXPORT", "DEFAULT_RULES", "HTTP_5XX", "RATE_LIMIT_SATURATED",
     "ROLE_ESCALATION", "SECRET_PROVIDER_ERROR", "WORKSPACE_CROSSING", "AlertEngine", "Rule", "actor_key",
     "current", "describe_rules", "install", "ip_key", "markdown_table", "observe", "observe_audit_event",
     "observations_for_audit_event", "sign",

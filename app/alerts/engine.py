@@ -3,9 +3,11 @@
 Design notes
 - `observe()` never blocks and never raises: it looks the signal up, puts the observation on a
   bounded queue and returns; when the queue is full the observation is dropped and counted.
-- One worker thread counts each observation with a single statement: an upsert of the key's
-  fixed-window counter and, when the count reaches the threshold, an upsert of the rule+key firing
-  row that succeeds only when the previous firing is older than the cooldown
+- One worker thread counts what is queued (up to `COUNT_BATCH` observations at a time: a flood of
+  refusals from many addresses is one statement per rule, not one per refusal) with a single
+  statement per rule: an upsert of each key's fixed-window counter (same-key values summed) and,
+  when a count reaches the threshold, an upsert of the rule+key firing row that succeeds only when
+  the previous firing is older than the cooldown
   (`ON CONFLICT ... DO UPDATE ... WHERE fired_at <= now - cooldown RETURNING`). The row lock and
   re-check of `ON CONFLICT DO UPDATE` make the claim atomic, so across any number of replicas
   exactly one of them notifies per rule, key and cooldown. Window and firing times come from the
@@ -50,32 +52,36 @@ log = logging.getLogger("palisade.alerts")
 
 MAX_KEY_LENGTH = 256
 MAX_DETAILS_BYTES = 8192
+# Observations counted together: the queue's contents, up to this many, in one statement per rule.
+COUNT_BATCH = 1000
 SIGNATURE_HEADER = "X-Palisade-Signature"
 DELIVERY_HEADER = "X-Palisade-Delivery"
 
+# Counts a batch of one rule's keys in one statement (keys distinct and sorted: every replica takes
+# the counters' row locks in the same order), claiming the firing of each key that reached the threshold.
 _COUNT = text(
     """
     with t as (select coalesce(cast(:now as timestamptz), now()) as now),
+    i as (select * from unnest(cast(:keys as text[]), cast(:incs as bigint[])) as i(key, inc)),
     c as (
       insert into alert_counters as ac (rule, key, window_start, count)
-      select :rule, :key,
+      select :rule, i.key,
              to_timestamp(floor(extract(epoch from t.now) / cast(:window as integer)) * cast(:window as integer)),
-             cast(:inc as bigint)
-        from t
+             i.inc
+        from i, t
       on conflict (rule, key, window_start) do update set count = ac.count + excluded.count
-      returning ac.count
+      returning ac.key, ac.count
     ),
     f as (
       insert into alert_firings as af (rule, key, fired_at)
-      select :rule, :key, t.now from c, t where c.count >= cast(:threshold as double precision)
+      select :rule, c.key, t.now from c, t where c.count >= cast(:threshold as double precision)
       on conflict (rule, key) do update set fired_at = excluded.fired_at
        where af.fired_at <= excluded.fired_at - make_interval(secs => cast(:cooldown as double precision))
-      returning af.fired_at
+      returning af.key, af.fired_at
     )
-    select c.count, f.fired_at from c left join f on true
+    select c.key, c.count, f.fired_at from c left join f on f.key = c.key
     """
 )
-
 _CLAIM = text(
     """
     with t as (select coalesce(cast(:now as timestamptz), now()) as now)
@@ -321,45 +327,69 @@ class AlertEngine:
     def _count_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                item = self._queue.get(timeout=0.2)
+                batch = [self._queue.get(timeout=0.2)]
             except queue.Empty:
                 continue
-            if item is None:  # stop()'s wake-up call (a stale one after a restart is skipped)
-                continue
+            while len(batch) < COUNT_BATCH:  # whatever else is queued goes in the same statements
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                for rule in self._by_signal.get(item.signal, ()):
-                    try:
-                        self._evaluate(rule, item)
-                    except Exception as exc:
-                        self._bump("errors")
-                        log.warning("alert_count_failed", extra={"rule": rule.name, "error": type(exc).__name__})
+                # None: stop()'s wake-up call (a stale one after a restart is skipped).
+                self._count([item for item in batch if item is not None])
                 self._maybe_prune()
             finally:
-                self._done()
+                for _ in batch:
+                    self._done()
 
-    def _evaluate(self, rule: Rule, item: _Observed) -> None:
-        if not math.isfinite(item.value):
+    def _count(self, items: list[_Observed]) -> None:
+        """Count `items`: per count rule, one statement for all their keys (same-key values summed);
+        a gauge rule claims per item."""
+        merged: dict[tuple[str, datetime | None], dict[str, tuple[int, int, _Observed]]] = {}
+        for item in items:
+            for rule in self._by_signal.get(item.signal, ()):
+                if not math.isfinite(item.value):
+                    continue
+                if rule.kind == "gauge":
+                    self._guarded(rule, self._claim_gauge, rule, item)
+                    continue
+                increment = int(round(item.value))
+                if increment >= 1:
+                    keys = merged.setdefault((rule.name, item.at), {})
+                    total, observations, _ = keys.get(item.key, (0, 0, item))
+                    keys[item.key] = (total + increment, observations + 1, item)  # the latest item speaks for the key
+        for (name, at), keys in merged.items():
+            rule = next(r for r in self.rules if r.name == name)
+            self._guarded(rule, self._count_keys, rule, at, keys)
+
+    def _guarded(self, rule: Rule, count: Callable[..., None], *args: Any) -> None:
+        try:
+            count(*args)
+        except Exception as exc:
+            self._bump("errors")
+            log.warning("alert_count_failed", extra={"rule": rule.name, "error": type(exc).__name__})
+
+    def _claim_gauge(self, rule: Rule, item: _Observed) -> None:
+        if item.value < rule.threshold:
             return
         params = {"now": item.at, "rule": rule.name, "key": item.key, "cooldown": float(rule.cooldown_seconds)}
-        if rule.kind == "gauge":
-            if item.value < rule.threshold:
-                return
-            with self._db.begin() as conn:
-                fired_at = conn.execute(_CLAIM, params).scalar()
-            count: float = item.value
-        else:
-            increment = int(round(item.value))
-            if increment < 1:
-                return
-            with self._db.begin() as conn:
-                row = conn.execute(
-                    _COUNT,
-                    {**params, "window": rule.window_seconds, "inc": increment, "threshold": float(rule.threshold)},
-                ).one()
-            self._bump("counted")
-            count, fired_at = row.count, row.fired_at
+        with self._db.begin() as conn:
+            fired_at = conn.execute(_CLAIM, params).scalar()
         if fired_at is not None:
-            self._fire(rule, item, count, fired_at)
+            self._fire(rule, item, item.value, fired_at)
+
+    def _count_keys(self, rule: Rule, at: datetime | None, keys: dict[str, tuple[int, int, _Observed]]) -> None:
+        ordered = sorted(keys)
+        with self._db.begin() as conn:
+            rows = conn.execute(_COUNT, {
+                "now": at, "rule": rule.name, "keys": ordered, "incs": [keys[k][0] for k in ordered],
+                "window": rule.window_seconds, "threshold": float(rule.threshold),
+                "cooldown": float(rule.cooldown_seconds)}).all()
+        self._bump("counted", sum(keys[k][1] for k in ordered))
+        for row in rows:
+            if row.fired_at is not None:
+                self._fire(rule, keys[row.key][2], row.count, row.fired_at)
 
     def _maybe_prune(self) -> None:
         now = time.monotonic()

@@ -30,6 +30,7 @@ DATA_EXPORT = "privacy.data_export"
 DATA_DELETION = "privacy.data_deletion"
 AUDIT_CHAIN_BROKEN = "audit.chain_verification_failed"
 HTTP_5XX = "http.server_error"
+DATABASE_BUSY = "db.busy"
 SECRET_PROVIDER_ERROR = "secrets.provider_error"
 RATE_LIMIT_SATURATED = "edge.rate_limit_saturated"
 BREAKER_OPEN = "pipelines.breaker_open"
@@ -149,6 +150,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         signal=HTTP_5XX, threshold=25, window_seconds=300, cooldown_seconds=900,
         key="`<process kind>|<route template>` (e.g. `api|GET /api/v1/tenants/{tenant_id}`; `unmatched` "
         "when no route matched)",
+    ),
+    Rule(
+        name="database_busy",
+        description="Requests refused with 503 because the database was busy (a lock, statement or pool timeout), "
+        "counted from the audit trail's aggregated `database_busy` events: one tenant's long transactions, or a "
+        "saturated database.",
+        signal=DATABASE_BUSY, threshold=10, window_seconds=300, cooldown_seconds=900,
+        key="`<tenant_id>` of the refused caller (the nil UUID when the tenant is not known)",
     ),
     Rule(
         name="secret_provider_errors",
@@ -294,12 +303,15 @@ def observations_for_audit_event(event: Mapping[str, Any]) -> list[Observation]:
         if event.get(name) is not None
     }
     out: list[Observation] = []
+    # Failed sign-ins and database-busy refusals arrive aggregated (`app.audit.buffered`): one
+    # event stands for `details.count` of them.
+    count = (event.get("details") or {}).get("count")
+    value = float(count) if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1.0
     if category == "authentication" and outcome in _FAILED:
-        # Failed sign-ins arrive aggregated (`app.audit.signins`): one event, `details.count` failures.
-        count = (event.get("details") or {}).get("count")
-        value = float(count) if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1.0
         out.append(Observation(AUTH_FAILURE_IP, ip_key(event.get("client_ip")), value=value, details=ids))
         out.append(Observation(AUTH_FAILURE_ISSUER, f"{tenant}|{event.get('actor_issuer') or '-'}", value=value, details=ids))
+    elif category == "availability" and event.get("action") == "database_busy":
+        out.append(Observation(DATABASE_BUSY, tenant, value=value, details=ids))
     elif category == "access_denied":
         out.append(Observation(ACCESS_DENIED, actor, details=ids))
     elif category == "workspace_crossing" and outcome not in _FAILED:

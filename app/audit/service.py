@@ -3,8 +3,9 @@
 `record()` adds the event to the caller's transaction, so the action and its record commit or roll
 back together. When the transaction commits, each event is also emitted as one JSON log line (and
 handed to the alert engine). `record_detached()` writes in a transaction of its own, for what must
-be recorded although the request's own work is rolled back: denied access. Failed sign-ins are
-buffered and written aggregated (`app.audit.signins`).
+be recorded although the request's own work is rolled back: denied access. Failed sign-ins and
+requests refused because the database is busy are buffered and written aggregated
+(`app.audit.buffered`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ register_names(("audit", *CHAINED_FIELDS, "hash"))
 
 
 class Category(StrEnum):
-    """The thirteen audit categories (the README explains each)."""
+    """The fourteen audit categories (the README explains each)."""
 
     authentication = "authentication"
     access_denied = "access_denied"
@@ -48,6 +49,7 @@ class Category(StrEnum):
     configuration_change = "configuration_change"
     approval_decision = "approval_decision"
     vendor_access = "vendor_access"
+    availability = "availability"
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ from app.errors import Forbidden, Unauthenticated
 _bearer = HTTPBearer(auto_error=False, description="An OIDC access token (JWT) from a configured issuer.")
 
 
-def authenticate(request: Request, token: str | None) -> Principal:
+def authenticate(request: Request, token: str | None, *, wait: bool = True) -> Principal:
     """The principal of a bearer token; a missing or unusable one is recorded as a failed sign-in
-    (never the token itself) and raised as `Unauthenticated`, the same whatever the reason."""
+    (never the token itself) and raised as `Unauthenticated`, the same whatever the reason. With
+    `wait` false, `WouldWait` (nothing recorded) where the answer needs the issuer's keys fetched."""
     try:
         if token is None:
             raise Unauthenticated("missing")
-        return request.app.state.verifier.verify(token)
+        return request.app.state.verifier.verify(token, wait=wait)
     except VendorRoleRefused as exc:
         # A validly signed token claiming vendor staff from an issuer not trusted for it: who it named
         # is worth keeping (the issuer vouched for the subject, not for the role).

@@ -21,8 +21,9 @@ import jwt
 from jwt import PyJWK
 
 from app.auth.principal import INTERNAL_ADMIN, Principal
+from app.bearer import unverified
 from app.config import IssuerConfig, Settings
-from app.errors import Unauthenticated
+from app.errors import Unauthenticated, WouldWait
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,14 @@ class IssuerKeys:
         if static_jwks is not None:
             self._keys = self._parse(static_jwks)
 
-    def key_for(self, kid: str) -> SigningKey:
+    def key_for(self, kid: str, *, wait: bool = True) -> SigningKey:
+        """The key named `kid`; raises Unauthenticated when there is none, and `WouldWait` instead
+        of waiting for a fetch in flight when `wait` is false."""
         done = None if self._static else self._maybe_refresh(kid, time.monotonic())
         key = self._keys.get(kid)
         if key is None and done is not None:
+            if not wait:
+                raise WouldWait()
             # First use waits for the fetch (bounded by the HTTP timeout); a rotation only briefly.
             done.wait(None if not self._keys else self._unknown_kid_wait)
             key = self._keys.get(kid)
@@ -176,21 +181,26 @@ class TokenVerifier:
     def close(self) -> None:
         self._http.close()
 
-    def verify(self, token: str) -> Principal:
-        """Return the principal of a valid token; raise Unauthenticated (no reason given) otherwise."""
+    def verify(self, token: str, *, wait: bool = True) -> Principal:
+        """Return the principal of a valid token; raise Unauthenticated (no reason given) otherwise.
+        With `wait` false, raise `WouldWait` rather than wait for the issuer's keys to arrive (no I/O
+        is then waited on: safe on the event loop)."""
         try:
-            header = jwt.get_unverified_header(token)
+            # Read once, unverified, to pick the issuer and key (app/bearer.py); PyJWT verifies below.
+            parts = unverified(token)
+            if parts is None:
+                raise Unauthenticated()
+            header, claimed = parts
             alg = header.get("alg")
             kid = header.get("kid")
             # Type checks first: an unhashable alg or iss (a JSON list/object) must be a 401, not a 500.
             if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS or not isinstance(kid, str):
                 raise Unauthenticated()
-            unverified = jwt.decode(token, options={"verify_signature": False})
-            iss = unverified.get("iss")
+            iss = claimed.get("iss")
             keys = self._issuers.get(iss) if isinstance(iss, str) else None
             if keys is None:
                 raise Unauthenticated()
-            key = keys.key_for(kid)
+            key = keys.key_for(kid, wait=wait)
             if key.declared_alg is not None and key.declared_alg != alg:
                 raise Unauthenticated()
             claims = jwt.decode(

@@ -4,7 +4,8 @@ A refusal inside a tenant the caller belongs to goes to that tenant's chain. A r
 caller has no tenant (a tenant they are not in, a vendor-only route) goes to the platform chain, so
 a probed tenant's existence is never written into anybody's trail but ours. A failed sign-in (a
 missing or unusable token) goes to the platform chain too, buffered and aggregated
-(`record_failed_sign_in`, `app.audit.signins`).
+(`record_failed_sign_in`, `app.audit.buffered`), and so does a request refused because the database
+is busy (`record_database_busy`; to the caller's tenant when known).
 """
 
 from __future__ import annotations
@@ -48,9 +49,22 @@ def record_refusal(
 
 
 def record_failed_sign_in(request: Request, *, action: str, actor: Actor | None = None) -> None:
-    """Buffer one failed sign-in for the platform chain (`app.audit.signins`): no I/O here."""
-    request.app.state.sign_in_failures.add(action=action, actor=actor or ANONYMOUS, meta=request_meta(request),
-                                           trace_id=current_trace_id())
+    """Buffer one failed sign-in for the platform chain (`app.audit.buffered`): no I/O here."""
+    request.app.state.audit_buffer.add(category=Category.authentication, action=action, actor=actor or ANONYMOUS,
+                                       meta=request_meta(request), trace_id=current_trace_id())
+
+
+def record_database_busy(request: Request, reason: str) -> None:
+    """Buffer one database-busy refusal (`app.audit.buffered`): no I/O here, the database is saturated.
+
+    To the caller's tenant when they are a member of it (as `record_refusal` decides), else to the
+    platform chain; labelled with the reason and the route template, never the request's content.
+    """
+    scope = getattr(request.state, "authz_scope", None)
+    request.app.state.audit_buffer.add(
+        category=Category.availability, action="database_busy", actor=_actor(request), meta=request_meta(request),
+        tenant_id=scope.tenant_id if scope and scope.user_id else None, outcome="refused",
+        trace_id=current_trace_id(), labels={"reason": reason, "route": route_label(request)})
 
 
 def route_label(request: Request) -> str:

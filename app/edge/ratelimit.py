@@ -75,10 +75,11 @@ Design notes
   claiming a colleague's subject) fails sign-ins. So a request over either limit has its token
   verified by the middleware, before routing (the `authenticate` given to `install()`, the same
   check and failure record as `get_principal`): a failing one gets its 429 there, for the price of
-  a signature check (unknown key ids trigger at most one JWKS refresh per cooldown); a valid one
+  a signature check (unknown key ids trigger at most one JWKS refresh per cooldown), made on the
+  event loop with no thread hand-off unless it would wait for a JWKS fetch in flight; a valid one
   goes on and is verified again by the route. Failures are still counted while the store is unreachable, in this
   process (`MemoryStore`), so each replica then enforces the limit on its own; the audit trail
-  buffers them too (`app.audit.signins`). Health probes are exempt.
+  buffers them too (`app.audit.buffered`). Health probes are exempt.
 - Responses: a 429 is problem+json with `Retry-After`; every limited response (429, 401 and
   successful ones) carries `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
   `RateLimit-Policy: <limit>;w=<window>` (draft-ietf-httpapi-ratelimit-headers). `RateLimit-Reset`
@@ -105,7 +106,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-import jwt
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security.utils import get_authorization_scheme_param
@@ -118,8 +118,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import alerts, problems
 from app.alerts.rules import ip_key
+from app.bearer import unverified
 from app.config import Settings
 from app.edge.client import request_meta
+from app.errors import WouldWait
 
 log = logging.getLogger("palisade.ratelimit")
 
@@ -625,10 +627,10 @@ class RateLimiter:
         if token is None or entry is None:
             return
         until, template = entry
-        try:  # the token was verified by `get_principal`: its claims are trustworthy
-            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-        except jwt.PyJWTError:
+        parts = unverified(token)  # the token was verified by `get_principal`: its claims are trustworthy
+        if parts is None:
             return
+        exp = parts[1].get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             return
         until = min(until, now + (exp - time.time()))
@@ -696,18 +698,19 @@ def claimed_subject(request: Request) -> str | None:
     token = bearer_token(request)
     if token is None:
         return None
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    parts = unverified(token)
+    if parts is None:
         return None
-    issuer, subject = claims.get("iss"), claims.get("sub")
+    issuer, subject = parts[1].get("iss"), parts[1].get("sub")
     if not (isinstance(issuer, str) and isinstance(subject, str) and subject):
         return None
     return f"{issuer}|{subject}"
 
 
 # Verifies a request's bearer token (None: there is none), recording a failure; raises on failure.
-Authenticate = Callable[[Request, str | None], Any]
+# Called as `authenticate(request, token, wait=False)` first: it raises `WouldWait` rather than
+# wait for I/O (then it is called again, with `wait=True`, in a worker thread).
+Authenticate = Callable[..., Any]
 
 
 class RateLimitMiddleware:
@@ -724,12 +727,22 @@ class RateLimitMiddleware:
         self.app = app
 
     @staticmethod
-    def _verifies(authenticate: Authenticate, request: Request) -> bool:
+    def _verifies(authenticate: Authenticate, request: Request, *, wait: bool) -> bool:
         try:
-            authenticate(request, bearer_token(request))
+            authenticate(request, bearer_token(request), wait=wait)
+        except WouldWait:
+            raise
         except Exception:  # Unauthenticated: recorded by `authenticate`
             return False
         return True
+
+    async def _verified(self, authenticate: Authenticate, request: Request) -> bool:
+        """Whether the request's token verifies: on the event loop when that needs no waiting (keys
+        at hand: a signature check, no thread hand-off), else in a worker thread."""
+        try:
+            return self._verifies(authenticate, request, wait=False)
+        except WouldWait:
+            return await run_in_threadpool(self._verifies, authenticate, request, wait=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").startswith("/health/"):
@@ -742,7 +755,7 @@ class RateLimitMiddleware:
             # (A request without a token takes the normal path: a public route answers it, any other 401s.)
             blocked = limiter.sign_in_refusal(request_meta(request).client_ip, claimed_subject(request))
             authenticate: Authenticate | None = getattr(scope["app"].state, "rate_limit_authenticate", None)
-            if blocked is not None and (authenticate is None or await run_in_threadpool(self._verifies, authenticate, request)):
+            if blocked is not None and (authenticate is None or await self._verified(authenticate, request)):
                 blocked = None  # a valid token is never refused for failures; without a verifier, the app decides
         if blocked is not None:
             await _refusal(blocked)(scope, receive, send)

@@ -395,3 +395,24 @@ def test_the_app_role_has_only_the_grants_it_needs(app_db):
         ("alert_firings", "UPDATE"),
     }
     assert columns == 0
+
+
+def test_a_queued_flood_of_keys_is_counted_together_and_exactly(alerts, receiver, app_db):
+    # A flood from many addresses used to cost one transaction per observation; what is queued is
+    # now counted in one statement per rule, same-key values summed, every key still exact.
+    engine = alerts(rule("auth_failures_per_ip", threshold=5, window_seconds=3600, cooldown_seconds=3600), start=False)
+    cold = [unique_key("ip") for _ in range(300)]
+    hot = unique_key("ip")
+    for key in cold:
+        engine.observe(R.AUTH_FAILURE_IP, key)
+    for n in range(3):
+        engine.observe(R.AUTH_FAILURE_IP, hot, value=2, details={"n": n})  # aggregated events: 6 in all
+    engine.start()
+    assert engine.flush()
+    assert engine.stats["counted"] == 303
+    (fired,) = [r.json for r in receiver.requests]
+    assert (fired["key"], fired["count"], fired["details"]) == (hot, 6, {"n": 2})
+    with app_db.connect() as conn:
+        counts = dict(conn.execute(text("select key, count from alert_counters where rule = 'auth_failures_per_ip'"
+                                         " and key = any(:keys)"), {"keys": [*cold, hot]}).all())
+    assert counts == {**dict.fromkeys(cold, 1), hot: 6}

@@ -18,7 +18,7 @@ def test_the_documented_rules():
         "auth_failures_per_ip", "auth_failures_per_tenant_issuer", "access_denied_burst",
         "workspace_crossing_spike", "role_escalation", "data_export_requested", "data_deletion_requested",
         "vendor_access_granted",
-        "audit_chain_broken", "http_5xx_rate", "secret_provider_errors", "rate_limit_saturation",
+        "audit_chain_broken", "http_5xx_rate", "database_busy", "secret_provider_errors", "rate_limit_saturation",
         "circuit_breaker_open", "approval_backlog",
     ]
     assert len({r.signal for r in R.DEFAULT_RULES}) == len(names)

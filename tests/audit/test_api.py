@@ -77,10 +77,10 @@ class TestOthersCannotRead:
 
 class TestPlatformTrail:
     def test_vendor_sees_platform_events_only(self, world: World, vendor: Caller, client):
-        # Failed sign-ins are buffered and aggregated (app/audit/signins.py): this one alone in a flush.
-        client.app.state.sign_in_failures.flush()
+        # Failed sign-ins are buffered and aggregated (app/audit/buffered.py): this one alone in a flush.
+        client.app.state.audit_buffer.flush()
         client.get("/api/v1/tenants", headers={"Authorization": "Bearer not-a-token", "X-Correlation-ID": "bad-token-1"})
-        client.app.state.sign_in_failures.flush()
+        client.app.state.audit_buffer.flush()
         page = events(vendor, "/api/v1/audit-events", correlation_id="bad-token-1")["items"]
         assert [(e["category"], e["action"], e["outcome"], e["tenant_id"]) for e in page] == [
             ("authentication", "token.rejected", "denied", PLATFORM)]

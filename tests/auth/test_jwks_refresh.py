@@ -19,7 +19,7 @@ import pytest
 
 from app.auth.oidc import IssuerKeys
 from app.config import IssuerConfig
-from app.errors import Unauthenticated
+from app.errors import Unauthenticated, WouldWait
 from tests.support.idp import TestIdP
 
 # Far longer than any bound the verifier may wait: a refresh on the request path would show.
@@ -71,6 +71,16 @@ def test_an_unknown_kid_waits_only_briefly_for_a_hung_idp(keys: IssuerKeys, own_
         assert isinstance(outcome.get("error"), Unauthenticated)
         # The known key still verifies meanwhile.
         assert returns(lambda: keys.key_for(own_idp.kid))["value"] is not None
+
+
+def test_asked_not_to_wait_it_never_waits_for_a_hung_idp(keys: IssuerKeys, own_idp: TestIdP) -> None:
+    # The rate limiter verifies a failing sign-in on the event loop (`wait=False`): while a fetch
+    # is in flight an unknown kid raises WouldWait at once (then it is verified in a thread).
+    keys.key_for(own_idp.kid)
+    with own_idp.hung():
+        # (Waiting, it would have ended in Unauthenticated after its 1 s bound.)
+        assert isinstance(returns(lambda: keys.key_for("a-kid-nobody-published", wait=False)).get("error"), WouldWait)
+        assert returns(lambda: keys.key_for(own_idp.kid, wait=False))["value"] is not None
 
 
 def test_a_rotation_is_picked_up_once_the_idp_answers(keys: IssuerKeys, own_idp: TestIdP) -> None:

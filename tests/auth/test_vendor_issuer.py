@@ -44,7 +44,7 @@ def staff(app_client: TestClient, vendor_idp: TestIdP) -> Caller:
 
 
 def platform_events(staff: Caller, correlation_id: str) -> list[dict]:
-    staff.client.app.state.sign_in_failures.flush()  # failed sign-ins are buffered (app/audit/signins.py)
+    staff.client.app.state.audit_buffer.flush()  # failed sign-ins are buffered (app/audit/buffered.py)
     r = staff.get("/api/v1/audit-events", params={"correlation_id": correlation_id})
     assert r.status_code == 200, r.text
     return r.json()["items"]
@@ -61,7 +61,7 @@ class TestVendorIssuer:
         mallory = f"mallory-{secrets.token_hex(4)}"
         token = customer_idp.token(mallory, claims=STAFF)
         cid = f"vendor-forge-{secrets.token_hex(4)}"
-        app_client.app.state.sign_in_failures.flush()  # nothing else buffered with these attempts
+        app_client.app.state.audit_buffer.flush()  # nothing else buffered with these attempts
         for method, url in (("GET", "/api/v1/tenants"), ("POST", "/api/v1/tenants")):
             r = app_client.request(method, url, headers={**bearer(token), "X-Correlation-ID": cid},
                                    json={"name": "Evil", "slug": f"evil-{secrets.token_hex(3)}"} if method == "POST" else None)

@@ -21,6 +21,7 @@ from app.main import create_app
 from tests.db.test_doctor_mutations import doctor, named
 from tests.support.api import make_world, person, settings_for
 from tests.support.database import superuser_execute
+from tests.support.webhook import SECRET, Receiver
 
 SETTINGS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
 
@@ -88,6 +89,51 @@ def test_a_held_lock_is_a_503_not_a_hang(fresh_database, idp):
         # Nothing was half-written, and the tenant works again once the lock is gone.
         assert world.admin.get(f"{world.ws(0)}/documents").json()["items"] == []
         assert world.admin.post(f"{world.ws(0)}/documents", json={"title": "t", "body": "b"}).status_code == 201
+
+
+def test_database_busy_refusals_are_audited_aggregated_and_alert(fresh_database, idp, receiver: Receiver):
+    # Before: a database-busy 503 was only a log line, never on the audit trail. Now each is buffered
+    # (no I/O while the database is saturated) and the flush writes one aggregated event to the
+    # caller's tenant chain, which feeds the `database_busy` alert rule (10 in 5 minutes).
+    superuser_execute(fresh_database.superuser_url,
+                      f'ALTER ROLE "{fresh_database.app_role}" IN DATABASE "{fresh_database.name}" SET lock_timeout = \'100ms\'')
+    settings = settings_for(fresh_database, idp, alert_webhook_url=receiver.url, alert_webhook_secret=SECRET)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        world = make_world(client, idp, person(client, idp, roles=["internal_admin"]))
+        url = f"{world.ws(0)}/documents"
+        blocker = create_engine(fresh_database.superuser_db_url)
+        with blocker.connect() as conn:
+            conn.execute(text("select 1 from audit_chain_heads where tenant_id = :t for update"), {"t": world.tenant_id})
+            for n in range(10):
+                r, _ = _in_thread(lambda n=n: world.admin.post(url, json={"title": "secret-title", "body": "secret-body"},
+                                                               headers={"X-Correlation-ID": f"busy-{n}"}))
+                assert_busy(r)
+            conn.rollback()
+        assert app.state.audit_buffer.flush() == 10  # the lock is gone: the tenant's chain takes them
+        with blocker.connect() as conn:
+            rows = conn.execute(text("select actor_user_id, outcome, correlation_id, details::text as raw, details"
+                                     " from audit_events where tenant_id = :t and category = 'availability'"),
+                                {"t": world.tenant_id}).mappings().all()
+        blocker.dispose()
+        assert alerts_engine_flushed(app)
+    (event,) = rows
+    assert event["outcome"] == "refused" and event["actor_user_id"] == world.user_ids[world.admin.subject]
+    details = event["details"]
+    assert (details["count"], details["reason"]) == (10, "lock_timeout")
+    assert details["route"] == "POST /tenants/{tenant_id}/workspaces/{workspace_id}/documents"
+    assert details["first_at"] <= details["last_at"]
+    assert event["correlation_id"] == "busy-0" and details["correlation_ids"] == [f"busy-{n}" for n in range(10)]
+    assert "secret-" not in event["raw"]  # never the request's content
+    (alert,) = [a.json for a in receiver.requests if a.json["rule"] == "database_busy"]
+    assert alert["key"] == str(world.tenant_id)
+
+
+def alerts_engine_flushed(app: Any) -> bool:
+    from app import alerts
+
+    engine = alerts.current()
+    return engine is not None and engine.flush()
 
 
 def test_an_exhausted_pool_is_a_quick_503(database, idp):

@@ -179,12 +179,12 @@ def test_a_valid_token_is_never_refused_for_the_failures_of_its_address(database
         assert_limited(office.get("/api/v1/tenants"), limit=2)
         # ... while failing attempts from the address stay refused, answered by the middleware after
         # a signature check: no routing, no database (the failure is buffered for the audit trail).
-        pending = app.state.sign_in_failures.pending()
+        pending = app.state.audit_buffer.pending()
         with statements_on(app.state.engine) as statements:
             assert_limited(office.get("/api/v1/tenants", headers={"Authorization": "Bearer expired-or-garbage"}), limit=2)
             assert_limited(office.get("/api/v1/tenants/" + str(uuid.uuid4()), headers={"Authorization": "Bearer x"}), limit=2)
         assert statements == []
-        assert app.state.sign_in_failures.pending() == pending + 2
+        assert app.state.audit_buffer.pending() == pending + 2
 
 
 def test_failed_sign_ins_claiming_one_subject_are_limited_across_addresses(database: TestDatabase, idp: TestIdP) -> None:

@@ -27,9 +27,9 @@ def settings_for(database: TestDatabase, *idps: TestIdP, vendor: bool = True, **
     overrides.setdefault("rate_limit_per_minute", unlimited)
     overrides.setdefault("rate_limit_classes", {"auth-public": unlimited, "export": unlimited, "upload": unlimited,
                                                 "auth-failure": unlimited, "auth-failure-subject": unlimited})
-    # Failed sign-ins reach the audit trail from a buffer (app/audit/signins.py): tests that look
-    # for them flush it themselves (`app.state.sign_in_failures.flush()`), never racing a timer.
-    overrides.setdefault("sign_in_audit_flush_seconds", 3600)
+    # Failed sign-ins reach the audit trail from a buffer (app/audit/buffered.py): tests that look
+    # for them flush it themselves (`app.state.audit_buffer.flush()`), never racing a timer.
+    overrides.setdefault("audit_buffer_flush_seconds", 3600)
     return Settings(_env_file=None, database_url=database.app_url, issuers=issuers, **overrides)
 
 

@@ -1,4 +1,4 @@
-"""Failed sign-ins reach the platform chain aggregated, from a buffer (app/audit/signins.py).
+"""Failed sign-ins and database-busy refusals reach the audit trail aggregated, from a buffer (app/audit/buffered.py).
 
 The real app on a database of its own, real IdP tokens, the chain verified as `palisade audit verify` does.
 """
@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, pool, text
 
+from app.audit.buffered import AuditBuffer
 from app.audit.chain import PLATFORM_TENANT
-from app.audit.service import ANONYMOUS, RequestMeta
-from app.audit.signins import SignInFailures
+from app.audit.service import ANONYMOUS, Category, RequestMeta
 from app.audit.verify import verify_tenant
 from app.main import create_app
 from tests.support.api import person, settings_for
@@ -62,9 +62,9 @@ def test_failures_are_written_aggregated_per_address(app: FastAPI, fresh_databas
         for n in range(12):
             assert fail(app, first, f"agg-{n}") == 401
         assert fail(app, second, "other-1") == 401
-        assert app.state.sign_in_failures.pending() == 13
-        assert app.state.sign_in_failures.flush() == 13
-        assert app.state.sign_in_failures.pending() == 0
+        assert app.state.audit_buffer.pending() == 13
+        assert app.state.audit_buffer.flush() == 13
+        assert app.state.audit_buffer.pending() == 0
         result = verify_tenant(app.state.sessions, PLATFORM_TENANT)
     events = {e["client_ip"]: e for e in platform_events(fresh_database, "token.rejected")}
     assert set(events) == {first, second}
@@ -86,9 +86,9 @@ def test_a_locked_platform_chain_neither_delays_nor_loses_failed_sign_ins(app: F
         conn.execute(text("select 1 from audit_chain_heads where tenant_id = :t for update"), {"t": PLATFORM_TENANT})
         for _ in range(20):
             assert fail(app, address) == 401
-        assert app.state.sign_in_failures.pending() == 20
+        assert app.state.audit_buffer.pending() == 20
         conn.rollback()  # the other writer is done
-        assert app.state.sign_in_failures.flush() == 20
+        assert app.state.audit_buffer.flush() == 20
     holder.dispose()
     (event,) = platform_events(fresh_database, "token.rejected")
     assert (event["client_ip"], event["details"]["count"]) == (address, 20)
@@ -111,20 +111,20 @@ def test_failed_sign_ins_are_counted_and_audited_while_the_database_is_down(
             assert [fail(app, address) for _ in range(4)] == [401, 401, 401, 429]
             # ... and buffered for the trail (the refused one too: an attempt all the same); a
             # flush now keeps them.
-            assert app.state.sign_in_failures.flush() == 0
-            assert app.state.sign_in_failures.pending() == 4
+            assert app.state.audit_buffer.flush() == 0
+            assert app.state.audit_buffer.pending() == 4
         finally:
             superuser_execute(pg_superuser_url, f"ALTER DATABASE {fresh_database.name} WITH ALLOW_CONNECTIONS true")
-        assert app.state.sign_in_failures.flush() == 4
+        assert app.state.audit_buffer.flush() == 4
     (event,) = platform_events(fresh_database, "token.rejected")
     assert (event["client_ip"], event["details"]["count"]) == (address, 4)
 
 
 def test_a_flood_from_random_addresses_keeps_memory_bounded_and_counts_everything(app: FastAPI, fresh_database: TestDatabase) -> None:
     with running(app):  # a buffer of its own, with a small bound
-        buffer = SignInFailures(app.state.sessions, max_keys=5)
+        buffer = AuditBuffer(app.state.sessions, max_keys=5)
         for n in range(50):
-            buffer.add(action="token.rejected", actor=ANONYMOUS, meta=RequestMeta(client_ip=f"198.18.0.{n}"))
+            buffer.add(category=Category.authentication, action="token.rejected", actor=ANONYMOUS, meta=RequestMeta(client_ip=f"198.18.0.{n}"))
         assert buffer.pending() == 50
         assert buffer.flush() == 50
     events = platform_events(fresh_database, "token.rejected")
