@@ -15,7 +15,6 @@ import re
 import shlex
 import socket
 import ssl
-import time
 import uuid
 
 import pytest
@@ -38,8 +37,6 @@ from testhost import HOSTNAME
 
 pytestmark = pytest.mark.converge
 
-# The whole module (first debootstrap excepted: it is cached) must stay well inside this.
-BUDGET_SECONDS = 20 * 60
 
 
 @pytest.fixture(scope="module")
@@ -588,4 +585,3 @@ def test_broken_build_rolls_back_to_the_running_release(lab):
     negotiated, status, _, _ = _https_get(lab, "/health/ready")
     assert (negotiated, status) == ("TLSv1.3", 200)
     assert _tenant_slugs(lab) == ["acme"]
-    assert time.monotonic() - lab.started < BUDGET_SECONDS, "the converge tests took longer than their budget"
