@@ -16,32 +16,36 @@ import shlex
 import socket
 import ssl
 import subprocess
-import time
 import uuid
 
 import pytest
 import yaml
 from conftest import ANSIBLE_DIR, TIMINGS
-from site_lab import FIREWALL_EXTRA_PORT, ISSUER, PROBE_COMMENT, SERVER_NAME, Lab, source_copy
-from testhost import booted_host
+from site_lab import (
+    FIREWALL_EXTRA_PORT,
+    ISSUER,
+    PROBE_COMMENT,
+    SERVER_NAME,
+    Lab,
+    api,
+    https_request,
+    lab_on,
+    parse_http,
+    read_response,
+    source_copy,
+    tls_connection,
+)
+from testhost import HOSTNAME
 
 pytestmark = pytest.mark.converge
 
 
+
 @pytest.fixture(scope="module")
 def lab(ansible_env, tmp_path_factory):
-    started = time.monotonic()
-    workdir = tmp_path_factory.mktemp("converge")
-    with booted_host(workdir, lambda line: TIMINGS.append(line)) as host:
-        lab = Lab(workdir, host, ansible_env)
-        try:
-            lab.write_inventory()
-            yield lab
-        finally:
-            lab.close()
-        for run in lab.runs:
-            TIMINGS.append(f"{run.playbook} ({run.log.name}): {run.seconds:.0f}s, recap {run.recap}")
-    TIMINGS.append(f"converge module in all: {time.monotonic() - started:.0f}s; logs in {workdir}")
+    with lab_on(tmp_path_factory.mktemp("converge"), ansible_env, [HOSTNAME]) as lab:
+        lab.write_inventory()
+        yield lab
 
 
 def _ok(run) -> str:
@@ -61,48 +65,8 @@ def _https_get(lab: Lab, path: str, *, tls: str = "1.3") -> tuple[str, int, dict
         while chunk := tls_socket.recv(65536):
             data += chunk
         negotiated = tls_socket.version()
-    status, headers, body = _parse_http(data)
+    status, headers, body = parse_http(data)
     return negotiated, status, headers, body
-
-
-def _parse_http(data: bytes) -> tuple[int, dict[str, list[str]], str]:
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
-    return int(lines[0].split()[1]), headers, body.decode(errors="replace")
-
-
-def _tls_connection(lab: Lab, *, timeout: float = 15) -> ssl.SSLSocket:
-    """A TLS 1.3 connection to the test host's nginx, its certificate verified for SERVER_NAME."""
-    cert = lab.host.ssh("sudo cat /etc/nginx/tls/server.crt").stdout
-    context = ssl.create_default_context(cadata=cert)
-    raw = socket.create_connection((lab.host.ip, 443), timeout=timeout)
-    return context.wrap_socket(raw, server_hostname=SERVER_NAME)
-
-
-def _read_response(conn: socket.socket) -> tuple[int, dict[str, list[str]], str]:
-    """One HTTP/1.1 response, read to the end of its Content-Length (the connection may stay open)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        assert chunk, f"the connection closed before a whole response arrived: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head)[1])
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        assert chunk, "the connection closed in the middle of the body"
-        body += chunk
-    return _parse_http(head + b"\r\n\r\n" + body)
-
-
-def _https_request(lab: Lab, raw: bytes) -> tuple[int, dict[str, list[str]], str]:
-    with _tls_connection(lab) as conn:
-        conn.sendall(raw)
-        return _read_response(conn)
 
 
 def _closed_by_server(conn: socket.socket) -> bytes:
@@ -185,7 +149,7 @@ def _plain_http(lab: Lab, host: str, path: str = "/health/live?x=1") -> bytes:
 
 
 def test_plain_http_redirects_to_https(lab):
-    status, headers, _ = _parse_http(_plain_http(lab, SERVER_NAME))
+    status, headers, _ = parse_http(_plain_http(lab, SERVER_NAME))
     assert status == 301
     assert headers["location"] == [f"https://{SERVER_NAME}/health/live?x=1"]
 
@@ -210,7 +174,7 @@ def test_tls_for_another_host_name_is_refused_in_the_handshake(lab, sni):
 
 @pytest.mark.parametrize("host", OTHER_HOSTS)
 def test_tls_to_the_right_name_with_another_host_header_gets_no_answer(lab, host):
-    with _tls_connection(lab) as conn:
+    with tls_connection(lab.host) as conn:
         conn.sendall(f"GET /api/v1/tenants/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         # The handshake named this host; the request names another: nginx's default server takes
         # it and closes the connection without a byte.
@@ -219,8 +183,8 @@ def test_tls_to_the_right_name_with_another_host_header_gets_no_answer(lab, host
 
 def test_the_right_host_gets_no_redirect_built_from_it(lab):
     # The app's other slash form is a 404 problem, not a redirect (FastAPI's redirect_slashes).
-    status, headers, body = _https_request(
-        lab, f"GET /api/v1/tenants/ HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n".encode())
+    status, headers, body = https_request(
+        lab.host, f"GET /api/v1/tenants/ HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n".encode())
     assert status == 404 and "location" not in headers, (status, headers)
     assert headers["content-type"] == ["application/problem+json"]
 
@@ -317,7 +281,7 @@ def test_nginx_refusals_are_problem_documents_with_the_apps_security_headers(lab
     assert max(len(big_header), len(too_many_headers), len(long_uri)) < 16 * 1024  # the app would accept these
     for raw, expected in ((big_header, 431), (many_headers, 431), (too_many_headers, 431), (long_uri, 414),
                           (malformed, 400), (too_big_body, 413)):
-        status, headers, body = _https_request(lab, raw.encode())
+        status, headers, body = https_request(lab.host, raw.encode())
         _assert_problem(status, headers, body, expected)
         for name, values in shared.items():
             assert headers.get(name) == values, f"{expected}: {name} is {headers.get(name)}, the app sends {values}"
@@ -329,12 +293,12 @@ def test_nginx_drops_a_silent_or_slow_client_without_an_answer(lab):
     both 2 s in this inventory) are closed by nginx with nothing sent back."""
     with socket.create_connection((lab.host.ip, 443), timeout=20) as silent:
         assert _closed_by_server(silent) == b""
-    with _tls_connection(lab, timeout=20) as slow:
+    with tls_connection(lab.host, timeout=20) as slow:
         slow.sendall(f"GET /health/live HTTP/1.1\r\nHost: {SERVER_NAME}\r\n".encode())
         assert _closed_by_server(slow) == b""
     with socket.create_connection((lab.host.ip, 80), timeout=20) as silent_http:
         assert _closed_by_server(silent_http) == b""
-    with _tls_connection(lab, timeout=20) as stalled_body:
+    with tls_connection(lab.host, timeout=20) as stalled_body:
         stalled_body.sendall(f"POST /api/v1/invitations/accept HTTP/1.1\r\nHost: {SERVER_NAME}\r\n"
                              "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())
         assert _closed_by_server(stalled_body) == b""
@@ -343,10 +307,10 @@ def test_nginx_drops_a_silent_or_slow_client_without_an_answer(lab):
 def test_nginx_closes_an_idle_keep_alive_connection(lab):
     """The connection serves two requests in a row (keep-alive works), then, left idle, nginx closes
     it (keepalive_timeout, 2 s in this inventory)."""
-    with _tls_connection(lab, timeout=20) as conn:
+    with tls_connection(lab.host, timeout=20) as conn:
         for _ in range(2):
             conn.sendall(f"GET /health/live HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n".encode())
-            status, headers, _ = _read_response(conn)
+            status, headers, _ = read_response(conn)
             assert status == 200 and headers.get("connection") != ["close"]
         assert _closed_by_server(conn) == b""
 
@@ -453,7 +417,7 @@ def test_the_firewall_admits_https_and_admin_ssh_and_drops_the_rest(lab):
     assert "policy drop" in lab.host.ssh("sudo nft list chain inet palisade input").stdout
     port = FIREWALL_EXTRA_PORT
     lab.host.ssh(f"sudo systemd-run --unit=palisade-test-listener python3 -m http.server --bind 0.0.0.0 {port}")
-    subprocess.run(["ip", "addr", "add", f"{lab.outsider}/{lab.host.prefix}", "dev", lab.host.veth_host], check=True)
+    subprocess.run(["ip", "addr", "add", f"{lab.outsider}/{lab.host.network.prefix}", "dev", lab.host.network.veth_host], check=True)
     try:
         # It serves, on the host itself.
         lab.host.ssh(f"for i in $(seq 50); do python3 -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:{port}/\")' "
@@ -465,7 +429,7 @@ def test_the_firewall_admits_https_and_admin_ssh_and_drops_the_rest(lab):
         assert _connects(lab, port) == "dropped"
         assert _connects(lab, 5432) == "dropped"  # PostgreSQL admits only its app networks (here: loopback)
     finally:
-        subprocess.run(["ip", "addr", "del", f"{lab.outsider}/{lab.host.prefix}", "dev", lab.host.veth_host], check=False)
+        subprocess.run(["ip", "addr", "del", f"{lab.outsider}/{lab.host.network.prefix}", "dev", lab.host.network.veth_host], check=False)
         lab.host.ssh("sudo systemctl stop palisade-test-listener", check=False)
 
 
@@ -505,16 +469,6 @@ def test_no_database_password_in_any_log_after_install(lab):
         assert all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in log.splitlines() if f'CREATE USER "{role}"' in line)
 
 
-def _api(lab: Lab, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, dict]:
-    """One API call through nginx with a bearer token from the test's OpenID Provider."""
-    payload = json.dumps(body).encode() if body is not None else b""
-    head = (f"{method} /api/v1{path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n"
-            f"Authorization: Bearer {token}\r\nIdempotency-Key: {uuid.uuid4()}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
-    status, _, text = _https_request(lab, head.encode() + payload)
-    return status, json.loads(text) if text else {}
-
-
 def _kek_files(lab: Lab) -> dict[str, str]:
     """name -> "mode owner sha256" of each file in the KEK directory, and "." for the directory itself."""
     script = ("stat -c '%n %a %U' /etc/palisade/kek && cd /etc/palisade/kek && for f in *; do "
@@ -535,15 +489,15 @@ def test_a_provider_credential_can_be_stored_with_the_provisioned_kek(lab):
     tenant_id = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c \"select id from tenants where slug = 'acme'\"").stdout.strip()
     assert tenant_id, "no tenant acme: the RLS test above did not create it"
     token = lab.idp.token("alice")
-    status, workspace = _api(lab, "POST", f"/tenants/{tenant_id}/workspaces", token, {"name": "Keys", "slug": "keys"})
+    status, workspace = api(lab.host, "POST", f"/tenants/{tenant_id}/workspaces", token, {"name": "Keys", "slug": "keys"})
     assert status == 201, workspace
     secret = "sk-converge-" + uuid.uuid4().hex
     lab.secrets_set.append(secret)
     base = f"/tenants/{tenant_id}/workspaces/{workspace['id']}/credentials"
-    status, credential = _api(lab, "POST", base, token, {"provider": "openai", "label": "converge", "secret": secret})
+    status, credential = api(lab.host, "POST", base, token, {"provider": "openai", "label": "converge", "secret": secret})
     assert status == 201, credential
     assert credential["last4"] == secret[-4:] and "secret" not in credential
-    status, read = _api(lab, "GET", f"{base}/{credential['id']}", token)
+    status, read = api(lab.host, "GET", f"{base}/{credential['id']}", token)
     assert status == 200, read
     assert (read["id"], read["fingerprint"], read["last4"]) == (credential["id"], credential["fingerprint"], secret[-4:])
 
@@ -591,7 +545,7 @@ def test_the_kek_is_kept_across_reruns_and_restarts(lab):
     files.pop(".")
     assert files == kek["files"]
     token = lab.idp.token(kek["subject"])
-    status, replaced = _api(lab, "PUT", kek["credential"], token, {"secret": kek["secret"]})
+    status, replaced = api(lab.host, "PUT", kek["credential"], token, {"secret": kek["secret"]})
     assert status == 200, replaced
     assert replaced["fingerprint"] == kek["fingerprint"]
 
@@ -612,7 +566,7 @@ def test_the_kek_rotates_with_a_playbook_tag_and_credentials_still_read(lab):
                                  "\"select distinct kek_version from tenant_data_keys where state <> 'destroyed'\"").stdout.split()
     assert wrapped_under == ["2"]
     token = lab.idp.token(kek["subject"])
-    status, read = _api(lab, "GET", kek["credential"], token)
+    status, read = api(lab.host, "GET", kek["credential"], token)
     assert status == 200 and read["fingerprint"] == kek["fingerprint"], read
     lab.kek["files"] = {name: entry for name, entry in files.items() if name != "."}
 

@@ -3,14 +3,16 @@
 - rootfs: `debootstrap --variant=minbase bookworm` plus systemd, python3, openssh-server, sudo and a
   `deploy` user with passwordless sudo, cached under /var/cache/palisade-test/bookworm-rootfs (a
   stamp file names the recipe; a different recipe rebuilds it). Each run boots a copy.
-- network: a namespace the test creates, joined to the host by a veth pair; the host side carries
-  an allow-listed HTTP proxy (egress_proxy) for the Debian mirrors this machine itself uses: the
-  test host has no other way out.
+- network: a bridge in a namespace the test creates, joined to this machine by a veth pair, and one
+  namespace per host with its veth on that bridge (TestNetwork; one host or several, the same
+  code). The hosts reach each other by name (/etc/hosts) and the host side, which carries an
+  allow-listed HTTP proxy (egress_proxy) for the Debian mirrors this machine itself uses: the test
+  hosts have no other way out.
 - boot: `systemd-nspawn -b --register=no --keep-unit --network-namespace-path=...` (nspawn joins the
   namespace itself: `ip netns exec` would remount /sys and hide the cgroup hierarchy from it).
 
-Everything started here is stopped and removed by `TestHost.stop()`, which is safe to call on a
-half-started host.
+Everything started here is stopped and removed by `TestHost.stop()` and `TestNetwork.stop()`, which
+are safe to call on a half-started host or network.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def _customise_rootfs(root: Path) -> None:
     run(["chroot", str(root), "apt-get", "clean"])
 
 
-# --- the host -------------------------------------------------------------------------------------
+# --- the test network and its hosts --------------------------------------------------------------
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -183,87 +185,139 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise HostError("no free 10.213.x.0/24 subnet for the test network")
 
 
+class TestNetwork:
+    """One test network: a bridge in a namespace of its own, joined to this machine by a veth pair
+    whose host side carries the egress proxy (and anything else the test serves to its hosts), and
+    one namespace per host, each with a veth on the bridge. Hosts reach each other and the host side,
+    nothing else. Addresses are fixed up front (host side .1, then each host in order), so every
+    host's /etc/hosts names all of them."""
+
+    __test__ = False
+
+    def __init__(self, names: list[str]) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.tag = tag
+        self.netns = f"palisade-test-{tag}"
+        self.veth_host = f"pt{tag}h"
+        subnet = _free_subnet()
+        self.prefix = subnet.prefixlen
+        self.host_ip = str(subnet.network_address + 1)
+        self.addresses = {name: str(subnet.network_address + 2 + i) for i, name in enumerate(names)}
+        self.proxy: EgressProxy | None = None
+        self._namespaces: list[str] = []
+
+    def start(self) -> TestNetwork:
+        self._add_namespace(self.netns)
+        run(["ip", "-n", self.netns, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", "uplink", "netns", self.netns])
+        run(["ip", "addr", "add", f"{self.host_ip}/{self.prefix}", "dev", self.veth_host])
+        run(["ip", "link", "set", self.veth_host, "up"])
+        for link in ("br0", "uplink"):
+            run(["ip", "-n", self.netns, "link", "set", link, "up"])
+        run(["ip", "-n", self.netns, "link", "set", "uplink", "master", "br0"])
+        self.proxy = EgressProxy(self.host_ip, PROXY_PORT, mirror_hosts()).start()
+        return self
+
+    def attach(self, index: int, ip: str) -> str:
+        """A namespace for host number `index` with `ip` on the bridge; returns the namespace's name."""
+        netns = f"{self.netns}-{index}"
+        self._add_namespace(netns)
+        run(["ip", "-n", self.netns, "link", "add", f"h{index}", "type", "veth", "peer", "name", "eth0", "netns", netns])
+        run(["ip", "-n", self.netns, "link", "set", f"h{index}", "master", "br0"])
+        run(["ip", "-n", self.netns, "link", "set", f"h{index}", "up"])
+        run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        run(["ip", "-n", netns, "addr", "add", f"{ip}/{self.prefix}", "dev", "eth0"])
+        run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        # A default route, as on any server; nothing forwards beyond the host side of the network.
+        run(["ip", "-n", netns, "route", "add", "default", "via", self.host_ip])
+        return netns
+
+    def _add_namespace(self, name: str) -> None:
+        run(["ip", "netns", "add", name])
+        self._namespaces.append(name)
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        for name in reversed(self._namespaces):
+            run(["ip", "netns", "delete", name], check=False)
+        self._namespaces.clear()
+        run(["ip", "link", "delete", self.veth_host], check=False)
+
+
 class TestHost:
-    """One booted test host: `start()`, use `ip`, `ssh()`, then `stop()` (always)."""
+    """One booted test host on a TestNetwork: `start()`, use `ip`, `ssh()`, then `stop()` (always)."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, workdir: Path, log) -> None:
+    def __init__(self, workdir: Path, log, network: TestNetwork, hostname: str) -> None:
         self.workdir = workdir
         self.log = log
-        tag = f"{os.getpid() % 100000}"
-        self.name = f"palisade-test-{tag}"
-        self.netns = self.name
-        self.veth_host, self.veth_guest = f"pt{tag}h", f"pt{tag}g"
-        subnet = _free_subnet()
-        self.host_ip, self.ip = str(subnet.network_address + 1), str(subnet.network_address + 2)
-        self.prefix = subnet.prefixlen
+        self.network = network
+        self.hostname = hostname
+        self.index = list(network.addresses).index(hostname)
+        self.name = f"palisade-test-{network.tag}-{self.index}"
+        self.ip = network.addresses[hostname]
+        self.host_ip = network.host_ip
         self.root = workdir / "rootfs"
         self.key = workdir / "id_ed25519"
         self.known_hosts = workdir / "known_hosts"
         self.console_log = workdir / "console.log"
-        self.proxy: EgressProxy | None = None
         self._nspawn: subprocess.Popen | None = None
-        self._netns_created = False
+
+    @property
+    def proxy(self) -> EgressProxy:
+        assert self.network.proxy is not None
+        return self.network.proxy
 
     # lifecycle
 
-    def start(self, rootfs: Path) -> TestHost:
-        started = time.monotonic()
+    def boot(self, rootfs: Path) -> None:
+        """Copy the rootfs and start systemd-nspawn; `wait()` then waits for SSH."""
+        self.started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         run(["cp", "-a", "--reflink=auto", str(rootfs), str(self.root)], timeout=600)
-        self._network()
-        self.proxy = EgressProxy(self.host_ip, PROXY_PORT, mirror_hosts()).start()
+        netns = self.network.attach(self.index, self.ip)
         self._configure_rootfs()
         console = open(self.console_log, "wb")
         self._nspawn = subprocess.Popen(
             ["systemd-nspawn", "--boot", f"--directory={self.root}", f"--machine={self.name}", "--register=no",
-             "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns}", "--resolv-conf=off",
+             "--keep-unit", f"--network-namespace-path=/run/netns/{netns}", "--resolv-conf=off",
              # A real host's root may set its firewall (nftables) in its own network namespace.
              "--capability=CAP_NET_ADMIN", "--timezone=off", "--console=read-only"],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
         )
         console.close()
-        self._wait_for_ssh(timeout=120)
-        self.log(f"test host {self.name} at {self.ip} up in {time.monotonic() - started:.0f}s")
+
+    def wait(self) -> TestHost:
+        self._wait_for_ssh(timeout=180)
+        self.log(f"test host {self.hostname} ({self.name}) at {self.ip} up in {time.monotonic() - self.started:.0f}s")
         return self
+
+    def shut_down(self) -> None:
+        """Ask the host to shut down (nspawn turns SIGTERM into an orderly shutdown); `stop()` waits."""
+        if self._nspawn is not None and self._nspawn.poll() is None:
+            self._nspawn.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
         if self._nspawn is not None and self._nspawn.poll() is None:
-            # nspawn turns SIGTERM into an orderly shutdown of the container's systemd.
-            self._nspawn.send_signal(signal.SIGTERM)
+            self.shut_down()
             try:
                 self._nspawn.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self._nspawn.pid, signal.SIGKILL)
                 self._nspawn.wait(timeout=30)
-        if self.proxy is not None:
-            self.proxy.stop()
-            self.proxy = None
-        if self._netns_created:
-            run(["ip", "netns", "delete", self.netns], check=False)
-            self._netns_created = False
-        run(["ip", "link", "delete", self.veth_host], check=False)
         if self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
 
     # setup
 
-    def _network(self) -> None:
-        run(["ip", "netns", "add", self.netns])
-        self._netns_created = True
-        run(["ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_guest, "netns", self.netns])
-        run(["ip", "addr", "add", f"{self.host_ip}/{self.prefix}", "dev", self.veth_host])
-        run(["ip", "link", "set", self.veth_host, "up"])
-        run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
-        run(["ip", "-n", self.netns, "addr", "add", f"{self.ip}/{self.prefix}", "dev", self.veth_guest])
-        run(["ip", "-n", self.netns, "link", "set", self.veth_guest, "up"])
-        # A default route, as on any server; nothing forwards beyond the host side of the veth.
-        run(["ip", "-n", self.netns, "route", "add", "default", "via", self.host_ip])
-
     def _configure_rootfs(self) -> None:
         etc = self.root / "etc"
-        (etc / "hostname").write_text(f"{HOSTNAME}\n")
-        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{self.ip} {HOSTNAME}\n::1 localhost ip6-localhost ip6-loopback\n")
+        (etc / "hostname").write_text(f"{self.hostname}\n")
+        others = "".join(f"{ip} {name}\n" for name, ip in self.network.addresses.items())
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{others}::1 localhost ip6-localhost ip6-loopback\n")
         resolv = etc / "resolv.conf"
         if resolv.is_symlink() or resolv.exists():
             resolv.unlink()
@@ -321,11 +375,20 @@ def _passwd_ids(root: Path, user: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def booted_host(workdir: Path, log) -> Iterator[TestHost]:
+def booted_hosts(workdir: Path, log, names: list[str]) -> Iterator[dict[str, TestHost]]:
+    """Hosts `names` booted on one test network (in parallel), by name; all stopped afterwards."""
     ensure_tools()
     rootfs = ensure_rootfs(log)
-    host = TestHost(workdir, log)
+    network = TestNetwork(names)
+    hosts = {name: TestHost(workdir / name, log, network, name) for name in names}
     try:
-        yield host.start(rootfs)
+        network.start()
+        for host in hosts.values():
+            host.boot(rootfs)
+        yield {name: host.wait() for name, host in hosts.items()}
     finally:
-        host.stop()
+        for host in hosts.values():  # all at once, then wait for each
+            host.shut_down()
+        for host in hosts.values():
+            host.stop()
+        network.stop()
