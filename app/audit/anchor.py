@@ -17,6 +17,9 @@ checkpoint's value, and a chain cut back below it is shorter than the checkpoint
   needs only the public key.
 - Sinks are pluggable (`CheckpointSink`): `FileSink` appends to one file per UTC day in a
   directory (O_APPEND, one write per batch, fsync); forwarding it off-host is the operator's part.
+  `AzureBlobSink` appends to one append blob per UTC day in a container (`append_block`, one
+  block per batch), signed in with the app's Azure credential (workload or managed identity);
+  the container's immutability policy, not this code, is what stops anyone rewriting it on Azure.
 - `Checkpointer` takes checkpoints every `interval` seconds in a background thread of the app, and
   once more when it stops; `palisade audit checkpoint` takes them on demand. A chain whose head has
   not moved since this process last checkpointed it is skipped.
@@ -220,6 +223,79 @@ class FileSink:
                         yield str(path), number, raw
 
 
+# One append_block carries at most 4 MiB (service versions before 2022-11-02 and Azurite); a
+# larger batch goes in several blocks, split between lines, so no line is ever cut in two.
+MAX_BLOCK_BYTES = 4 * 1024 * 1024
+
+
+def _blocks(lines: Sequence[bytes]) -> Iterator[bytes]:
+    block = b""
+    for line in lines:
+        if block and len(block) + len(line) > MAX_BLOCK_BYTES:
+            yield block
+            block = b""
+        block += line
+    if block:
+        yield block
+
+
+class AzureBlobSink:
+    """`<container>/checkpoints-<UTC date>.jsonl` append blobs, only ever appended to (`append_block`).
+
+    A day's blob is created only if no blob of that name exists (`If-None-Match: *`), so this
+    process can never replace one; on Azure the container's time-based immutability policy (with
+    protected append writes) refuses any overwrite or delete from anyone, this process included.
+    """
+
+    def __init__(self, account_url: str, container: str, credential: object, **client_options: object) -> None:
+        from azure.storage.blob import ContainerClient
+
+        if not account_url.lower().startswith("https://"):
+            raise CheckpointError("the azure-blob checkpoint sink needs an https account URL")
+        self._client = ContainerClient(account_url.rstrip("/"), container, credential=credential, **client_options)
+        self.url = self._client.url
+
+    def _failed(self, doing: str, exc: Exception) -> CheckpointError:
+        status = getattr(exc, "status_code", None)
+        code = getattr(exc, "error_code", None)
+        detail = f"HTTP {status}" + (f" {code}" if code else "") if status else type(exc).__name__
+        return CheckpointError(f"{doing} in {self.url} failed: {detail}")
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+
+        if not lines:
+            return
+        name = f"checkpoints-{datetime.now(UTC):%Y-%m-%d}.jsonl"
+        blob = self._client.get_blob_client(name)
+        for block in _blocks(lines):
+            try:
+                try:
+                    blob.append_block(block)  # one block: concurrent writers' batches never interleave
+                except ResourceNotFoundError:
+                    try:
+                        blob.create_append_blob(if_none_match="*")  # never over an existing blob
+                    except ResourceExistsError:
+                        pass  # another replica created it first
+                    blob.append_block(block)
+            except AzureError as exc:
+                raise self._failed(f"appending to {name}", exc) from None
+
+    def read(self) -> Iterator[tuple[str, int, bytes]]:
+        from azure.core.exceptions import AzureError
+
+        try:
+            names = sorted(b.name for b in self._client.list_blobs(name_starts_with="checkpoints-")
+                           if _DAY_FILE.fullmatch(b.name))
+            for name in names:
+                data = self._client.get_blob_client(name).download_blob().readall()
+                for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+                    if raw.strip():
+                        yield f"{self.url}/{name}", number, raw
+        except AzureError as exc:
+            raise self._failed("reading the checkpoints", exc) from None
+
+
 def sink_from_settings(settings: object) -> CheckpointSink | None:
     kind = getattr(settings, "audit_checkpoint_sink", "none")
     if kind == "file":
@@ -227,6 +303,15 @@ def sink_from_settings(settings: object) -> CheckpointSink | None:
         if not directory:
             raise CheckpointError("the file checkpoint sink needs PALISADE_AUDIT_CHECKPOINT_DIR")
         return FileSink(directory)
+    if kind == "azure-blob":
+        from app.crypto.secrets import credential_from_settings
+
+        account_url = getattr(settings, "audit_checkpoint_blob_account_url", None)
+        container = getattr(settings, "audit_checkpoint_blob_container", None)
+        if not account_url or not container:
+            raise CheckpointError("the azure-blob checkpoint sink needs PALISADE_AUDIT_CHECKPOINT_BLOB_ACCOUNT_URL "
+                                  "and PALISADE_AUDIT_CHECKPOINT_BLOB_CONTAINER")
+        return AzureBlobSink(account_url, container, credential_from_settings(settings))
     return None
 
 
@@ -329,5 +414,5 @@ def verifier_keys(settings: object) -> dict[str, Ed25519PublicKey]:
     return {signer.key_id: signer.public_key}
 
 
-__all__ = ["BadLine", "Checkpoint", "CheckpointError", "CheckpointSink", "Checkpointer", "FileSink", "Signer",
+__all__ = ["AzureBlobSink", "BadLine", "Checkpoint", "CheckpointError", "CheckpointSink", "Checkpointer", "FileSink", "Signer",
            "UnsafeSecretFile", "public_keys_from_file", "read_checkpoints", "take_checkpoints"]

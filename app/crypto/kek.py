@@ -345,8 +345,7 @@ def key_wrapper_from_settings(settings: Any) -> KeyWrapper | None:
     if settings.kek_provider == "keyvault":
         if not settings.kek_key_url:
             return None
-        from app.crypto.secrets import azure_credential
+        from app.crypto.secrets import credential_from_settings
 
-        return KeyVaultKeyWrapper(settings.kek_key_url, azure_credential(
-            "default", mode=settings.mode, managed_identity_client_id=settings.azure_managed_identity_client_id))
+        return KeyVaultKeyWrapper(settings.kek_key_url, credential_from_settings(settings))
     return LocalKeyWrapper(settings.kek_dir) if settings.kek_dir else None

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VAULT_RESOURCE = "https://vault.azure.net"
+STORAGE_RESOURCE = "https://storage.azure.com"
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _NAME_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
@@ -279,10 +280,16 @@ class FakeEntraID:
                           options={"require": ["exp", "iat", "aud", "iss", "tid"]})
 
     def managed_identity_token(self, client_id: str, principal_id: str, resource: str) -> str:
-        """An access token for a managed identity, as Azure's identity endpoint hands out."""
+        """An access token for a managed identity, as Azure's identity endpoint hands out.
+
+        Azure Storage is issued v1 tokens, whose issuer is `https://sts.windows.net/<tenant>/`
+        (what Azurite, like Storage, requires of a bearer token)."""
         now = int(time.time())
-        claims = {"aud": resource, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": self.tenant_id,
-                  "appid": client_id, "azp": client_id, "oid": principal_id, "sub": principal_id, "ver": "2.0",
+        v1 = resource.rstrip("/") == STORAGE_RESOURCE
+        issuer = f"https://sts.windows.net/{self.tenant_id}/" if v1 else self.issuer
+        claims = {"aud": resource, "iss": issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": self.tenant_id,
+                  "appid": client_id, "azp": client_id, "oid": principal_id, "sub": principal_id,
+                  "ver": "1.0" if v1 else "2.0",
                   "idtyp": "app", "xms_mirid": f"managed-identity/{client_id}"}
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
         self.issued.append(token)
