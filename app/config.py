@@ -161,8 +161,11 @@ class Settings(BaseSettings):
     audit_checkpoint_dir: Path | None = None
     audit_checkpoint_blob_account_url: str | None = None
     audit_checkpoint_blob_container: str | None = None
-    # The Ed25519 signing key (PEM, PKCS#8, owner-only file); the public key(s) verify checks with.
+    # The Ed25519 signing key (PEM, PKCS#8, owner-only file), or an EC P-256 key in Key Vault
+    # (https://<vault>.vault.azure.net/keys/<name>, ES256, signed in the vault); the public key(s)
+    # verify checks with.
     audit_checkpoint_key_file: Path | None = None
+    audit_checkpoint_key_url: str | None = None
     audit_checkpoint_public_key_file: Path | None = None
     # How often the app checkpoints every chain whose head moved (0: only on demand and at shutdown).
     audit_checkpoint_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)

@@ -38,15 +38,17 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit import repository as repo
@@ -60,6 +62,7 @@ VERSION = 1
 _HASH = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 MAX_KEY_FILE_BYTES = 4096
+T = TypeVar("T")
 
 
 class CheckpointError(Exception):
@@ -92,18 +95,72 @@ def _signed_bytes(body: Mapping[str, object]) -> bytes:
     return DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+# Ed25519 (a key file) or ECDSA P-256 with SHA-256, ES256 (a Key Vault key).
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+
+def key_id(public_key: PublicKey) -> str:
+    """The first 16 bytes of SHA-256, hex, over the Ed25519 key's raw form or the EC key's SubjectPublicKeyInfo."""
+    if isinstance(public_key, Ed25519PublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        raw = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-class Signer:
+def _checked_public_key(key: object, shown: object) -> PublicKey:
+    if isinstance(key, Ed25519PublicKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    raise CheckpointError(f"{shown} holds a public key that is neither Ed25519 nor EC P-256")
+
+
+def _verify_signature(public: PublicKey, signature: bytes, data: bytes) -> None:
+    """Raises InvalidSignature unless `signature` is the key's over `data` (ES256: raw r || s, as JWS and Key Vault give it)."""
+    if isinstance(public, Ed25519PublicKey):
+        public.verify(signature, data)
+        return
+    if len(signature) != 64:
+        raise InvalidSignature
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    public.verify(der, data, ec.ECDSA(hashes.SHA256()))
+
+
+class _LineSigner:
+    """Turns a chain head into a signed checkpoint line; subclasses say how bytes are signed."""
+
+    @property
+    def key_id(self) -> str:
+        raise NotImplementedError
+
+    def sign(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def line(self, tenant_id: uuid.UUID, seq: int, hash_: str, at: datetime) -> tuple[Checkpoint, bytes]:
+        checkpoint = Checkpoint(tenant_id, seq, hash_, at, self.key_id)
+        body = checkpoint.body()
+        signature = base64.b64encode(self.sign(_signed_bytes(body))).decode()
+        return checkpoint, json.dumps({**body, "sig": signature}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+class Signer(_LineSigner):
     """Signs checkpoints with an Ed25519 private key."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
         self.public_key = private_key.public_key()
-        self.key_id = key_id(self.public_key)
+        self._key_id = key_id(self.public_key)
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    def public_keys(self) -> dict[str, PublicKey]:
+        return {self.key_id: self.public_key}
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Signer:
@@ -120,34 +177,107 @@ class Signer:
             raise CheckpointError(f"{shown} is not an Ed25519 key")
         return cls(key)
 
-    def line(self, tenant_id: uuid.UUID, seq: int, hash_: str, at: datetime) -> tuple[Checkpoint, bytes]:
-        checkpoint = Checkpoint(tenant_id, seq, hash_, at, self.key_id)
-        body = checkpoint.body()
-        signature = base64.b64encode(self._key.sign(_signed_bytes(body))).decode()
-        return checkpoint, json.dumps({**body, "sig": signature}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+class KeyVaultSigner(_LineSigner):
+    """Signs checkpoints with an EC P-256 key in Azure Key Vault (ES256): the private key never leaves the vault.
+
+    A versionless key URL is resolved to the key's current version when this process first signs,
+    and that version signs until the process restarts; `public_keys` returns every version's, so
+    lines signed before a rotation keep verifying. `client_options` go to the Key Vault clients
+    (azure-core options; `verify_challenge_resource` only for tests against a local vault).
+    """
+
+    def __init__(self, key_url: str, credential: object, **client_options: object) -> None:
+        from azure.keyvault.keys import KeyClient
+
+        from app.crypto.kek import split_key_url
+
+        try:
+            vault_url, self._name, self._version = split_key_url(key_url)
+        except ValueError as exc:
+            raise CheckpointError(f"PALISADE_AUDIT_CHECKPOINT_KEY_URL: {exc}") from None
+        self.key_url = f"{vault_url}/keys/{self._name}"
+        self._credential, self._options = credential, client_options
+        self._keys = KeyClient(vault_url=vault_url, credential=credential, **client_options)
+        self._crypto: object | None = None
+        self._key_id: str | None = None
+        self._lock = threading.Lock()
+
+    def _call(self, doing: str, operation: Callable[[], T]) -> T:
+        from azure.core.exceptions import AzureError
+
+        try:
+            return operation()
+        except AzureError as exc:
+            status = getattr(exc, "status_code", None)
+            error = getattr(exc, "error", None)
+            code = getattr(error, "code", None)
+            detail = f"HTTP {status}" + (f" {code}" if code else "") if status else type(exc).__name__
+            raise CheckpointError(f"{doing} with {self.key_url} failed: {detail}") from None
+        except ValueError as exc:  # the SDK's own checks, e.g. a challenge for another resource
+            raise CheckpointError(f"{doing} with {self.key_url} was refused: {exc}") from None
+
+    def _public_key(self, version: str | None) -> tuple[str, PublicKey]:
+        key = self._call("reading the checkpoint key", lambda: self._keys.get_key(self._name, version))
+        jwk = key.key
+        if jwk.kty not in ("EC", "EC-HSM") or jwk.crv != "P-256" or not jwk.x or not jwk.y:
+            raise CheckpointError(f"{self.key_url} is not an EC P-256 key (ES256)")
+        numbers = ec.EllipticCurvePublicNumbers(int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), ec.SECP256R1())
+        return str(key.id), numbers.public_key()
+
+    def _resolve(self) -> tuple[object, str]:
+        from azure.keyvault.keys.crypto import CryptographyClient
+
+        with self._lock:
+            if self._crypto is None or self._key_id is None:
+                kid, public = self._public_key(self._version)
+                self._crypto = CryptographyClient(kid, self._credential, **self._options)
+                self._key_id = key_id(public)
+            return self._crypto, self._key_id
+
+    @property
+    def key_id(self) -> str:
+        return self._resolve()[1]
+
+    def sign(self, data: bytes) -> bytes:
+        from azure.keyvault.keys.crypto import SignatureAlgorithm
+
+        client, _ = self._resolve()
+        digest = hashlib.sha256(data).digest()
+        result = self._call("signing a checkpoint", lambda: client.sign(SignatureAlgorithm.es256, digest))  # type: ignore[attr-defined]
+        return bytes(result.signature)
+
+    def public_keys(self) -> dict[str, PublicKey]:
+        """Every version's public key, by key id (what verify checks lines against without a public key file)."""
+        versions = self._call("listing the checkpoint key's versions",
+                              lambda: [v.version for v in self._keys.list_properties_of_key_versions(self._name)])
+        keys: dict[str, PublicKey] = {}
+        for version in versions:
+            if version:
+                public = self._public_key(version)[1]
+                keys[key_id(public)] = public
+        return keys
 
 
 _PEM_PUBLIC = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
 
-def public_keys_from_file(path: str | os.PathLike[str]) -> dict[str, Ed25519PublicKey]:
+def public_keys_from_file(path: str | os.PathLike[str]) -> dict[str, PublicKey]:
     """Every PEM public key in the file (one per key in use or retired), by key id."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read the checkpoint public key file {path}: {exc.strerror}") from None
-    keys: dict[str, Ed25519PublicKey] = {}
+    keys: dict[str, PublicKey] = {}
     for block in _PEM_PUBLIC.findall(data):
-        key = serialization.load_pem_public_key(block)
-        if not isinstance(key, Ed25519PublicKey):
-            raise CheckpointError(f"{path} holds a public key that is not Ed25519")
+        key = _checked_public_key(serialization.load_pem_public_key(block), path)
         keys[key_id(key)] = key
     if not keys:
         raise CheckpointError(f"{path} holds no PEM public key")
     return keys
 
 
-def parse_line(raw: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Checkpoint | str:
+def parse_line(raw: bytes, keys: Mapping[str, PublicKey]) -> Checkpoint | str:
     """The checkpoint on this line, or why it is not a valid one."""
     try:
         record = json.loads(raw)
@@ -162,7 +292,7 @@ def parse_line(raw: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Checkpoint |
     if public is None:
         return f"signed by key {record['key']}, which is not among the public keys given"
     try:
-        public.verify(base64.b64decode(sig, validate=True), _signed_bytes(record))
+        _verify_signature(public, base64.b64decode(sig, validate=True), _signed_bytes(record))
     except (InvalidSignature, binascii.Error, TypeError, ValueError):
         return f"its signature does not verify under key {record['key']}"
     try:
@@ -315,7 +445,7 @@ def sink_from_settings(settings: object) -> CheckpointSink | None:
     return None
 
 
-def read_checkpoints(sink: CheckpointSink, keys: Mapping[str, Ed25519PublicKey]) -> tuple[dict[uuid.UUID, list[Checkpoint]], list[BadLine]]:
+def read_checkpoints(sink: CheckpointSink, keys: Mapping[str, PublicKey]) -> tuple[dict[uuid.UUID, list[Checkpoint]], list[BadLine]]:
     """Every valid checkpoint by chain (oldest seq first), and every line that is not one."""
     found: dict[uuid.UUID, list[Checkpoint]] = {}
     bad: list[BadLine] = []
@@ -345,7 +475,7 @@ def read_heads(sessions: sessionmaker[Session], tenant_ids: Iterable[uuid.UUID])
     return heads
 
 
-def take_checkpoints(sessions: sessionmaker[Session], signer: Signer, sink: CheckpointSink,
+def take_checkpoints(sessions: sessionmaker[Session], signer: _LineSigner, sink: CheckpointSink,
                      tenant_ids: Sequence[uuid.UUID] | None = None, *,
                      skip: Mapping[uuid.UUID, int] | None = None) -> list[Checkpoint]:
     """Sign and append a checkpoint of every chain (or those given) whose head is not at `skip`'s seq."""
@@ -361,7 +491,7 @@ def take_checkpoints(sessions: sessionmaker[Session], signer: Signer, sink: Chec
 class Checkpointer:
     """Takes checkpoints every `interval` seconds in a background thread, and once more on stop()."""
 
-    def __init__(self, sessions: sessionmaker[Session], signer: Signer, sink: CheckpointSink, *, interval: float) -> None:
+    def __init__(self, sessions: sessionmaker[Session], signer: _LineSigner, sink: CheckpointSink, *, interval: float) -> None:
         self._sessions, self._signer, self._sink, self._interval = sessions, signer, sink, interval
         self._last: dict[uuid.UUID, int] = {}
         self._stop = threading.Event()
@@ -398,21 +528,31 @@ class Checkpointer:
         self._tick()  # what was appended since the last tick is anchored too
 
 
-def signer_from_settings(settings: object) -> Signer | None:
+def signer_from_settings(settings: object) -> Signer | KeyVaultSigner | None:
+    """The Ed25519 key file's signer, or the Key Vault key's (ES256); never both."""
     path = getattr(settings, "audit_checkpoint_key_file", None)
+    url = getattr(settings, "audit_checkpoint_key_url", None)
+    if path and url:
+        raise CheckpointError("set PALISADE_AUDIT_CHECKPOINT_KEY_FILE or PALISADE_AUDIT_CHECKPOINT_KEY_URL, not both")
+    if url:
+        from app.crypto.secrets import credential_from_settings
+
+        return KeyVaultSigner(url, credential_from_settings(settings))
     return Signer.from_file(path) if path else None
 
 
-def verifier_keys(settings: object) -> dict[str, Ed25519PublicKey]:
-    """The public keys verify checks signatures with: the public key file, else the signing key's own."""
+def verifier_keys(settings: object) -> dict[str, PublicKey]:
+    """The public keys verify checks signatures with: the public key file, else the signing key's own
+    (every version's, for a Key Vault key)."""
     path = getattr(settings, "audit_checkpoint_public_key_file", None)
     if path:
         return public_keys_from_file(path)
     signer = signer_from_settings(settings)
     if signer is None:
         raise CheckpointError("verifying checkpoints needs PALISADE_AUDIT_CHECKPOINT_PUBLIC_KEY_FILE (or the signing key)")
-    return {signer.key_id: signer.public_key}
+    return signer.public_keys()
 
 
-__all__ = ["AzureBlobSink", "BadLine", "Checkpoint", "CheckpointError", "CheckpointSink", "Checkpointer", "FileSink", "Signer",
+__all__ = ["AzureBlobSink", "BadLine", "Checkpoint", "CheckpointError", "CheckpointSink", "Checkpointer", "FileSink",
+           "KeyVaultSigner", "Signer",
            "UnsafeSecretFile", "public_keys_from_file", "read_checkpoints", "take_checkpoints"]

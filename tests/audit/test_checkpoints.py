@@ -12,26 +12,36 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit import repository as repo
-from app.audit.anchor import CheckpointSink, FileSink, Signer, read_checkpoints
+from app.audit.anchor import (
+    CheckpointSink,
+    FileSink,
+    KeyVaultSigner,
+    Signer,
+    key_id,
+    read_checkpoints,
+    take_checkpoints,
+)
 from app.audit.chain import event_hash
 from app.audit.service import ANONYMOUS, Category, RequestMeta, record
 from app.db.session import DbContext, apply_context, make_engine, make_session_factory
 from app.main import create_app
 from tests.audit.test_chain import verify_cli
-from tests.support.azurite import BlobStorage
+from tests.support.azurite import AzurePlatform, BlobStorage
 from tests.support.database import ROOT, superuser_execute
 
 
@@ -297,3 +307,75 @@ class TestTheAzureBlobSink:
         assert f"appending to {self._today()} in " in result.stderr and container in result.stderr
         assert "HTTP 409" in result.stderr
         assert [raw for _, _, raw in blob_anchor.sink.read()] == [b"someone else's block blob\n"]
+
+
+class TestKeyVaultSigning:
+    """Checkpoints signed by an EC P-256 key in Key Vault (ES256): the private key never leaves the vault."""
+
+    KEY = "audit-checkpoint"
+
+    @pytest.fixture
+    def vault_signer(self, key_vault, azure_platform: AzurePlatform, monkeypatch) -> Callable[[], KeyVaultSigner]:
+        from app.crypto.secrets import azure_credential
+
+        for name, value in azure_platform.environment.items():
+            monkeypatch.setenv(name, value)  # the platform's identity endpoint, as on Container Apps
+        key_vault.create_key(self.KEY, kty="EC")
+
+        def signer() -> KeyVaultSigner:  # what one app process builds from PALISADE_AUDIT_CHECKPOINT_KEY_URL
+            # verify_challenge_resource: a loopback vault can never be *.vault.azure.net (the deploy test's vault is).
+            return KeyVaultSigner(f"{key_vault.url}/keys/{self.KEY}",
+                                  azure_credential("managed", managed_identity_client_id=azure_platform.client_id),
+                                  connection_verify=str(azure_platform.pki.ca_file), verify_challenge_resource=False)
+
+        return signer
+
+    def test_a_rewrite_is_found_against_checkpoints_signed_in_the_vault_across_a_rotation(
+            self, sessions, database, key_vault, vault_signer, tmp_path: Path) -> None:
+        sink = FileSink(tmp_path)
+        tenant_id = uuid.uuid4()
+        _events(sessions, tenant_id, 3)
+        take_checkpoints(sessions, vault_signer(), sink, [tenant_id])  # seq 3, the key's first version
+        key_vault.create_key(self.KEY, kty="EC")  # the key's rotation policy adds a version
+        _events(sessions, tenant_id, 3)
+        take_checkpoints(sessions, vault_signer(), sink, [tenant_id])  # seq 6, a new process: the new version
+        assert any(ex.path.endswith("/sign") and ex.status == 200 for ex in key_vault.exchanges)
+
+        keys = vault_signer().public_keys()  # every version's public key
+        found, bad = read_checkpoints(sink, keys)
+        assert bad == [] and len(keys) == 2
+        assert [c.seq for c in found[tenant_id]] == [3, 6] and len({c.key for c in found[tenant_id]}) == 2
+
+        # An auditor verifies with the exported public keys alone.
+        public = tmp_path / "checkpoint.pub"
+        public.write_bytes(b"".join(k.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                                    for k in keys.values()))
+        auditor = {"PALISADE_AUDIT_CHECKPOINT_SINK": "file", "PALISADE_AUDIT_CHECKPOINT_DIR": str(tmp_path),
+                   "PALISADE_AUDIT_CHECKPOINT_PUBLIC_KEY_FILE": str(public)}
+        ok = verify_cli(database, tenant_id, env=auditor)
+        assert ok.returncode == 0, ok.stderr
+        assert f"ok {tenant_id}: 6 events, anchored up to seq 6" in ok.stdout
+        rechain(database, tenant_id, 2)
+        found_cli = verify_cli(database, tenant_id, env=auditor)
+        assert found_cli.returncode == 1
+        assert f"BROKEN {tenant_id}: rewritten: event seq 3 " in found_cli.stderr
+
+    def test_a_line_another_ec_key_signed_is_named(self, sessions, database, vault_signer, tmp_path: Path) -> None:
+        sink = FileSink(tmp_path)
+        signer = vault_signer()
+        tenant_id = uuid.uuid4()
+        _events(sessions, tenant_id, 1)
+        take_checkpoints(sessions, signer, sink, [tenant_id])
+        stranger = ec.generate_private_key(ec.SECP256R1())
+
+        class Stranger(Signer):  # an ES256 key that is not the vault's
+            key_id = key_id(stranger.public_key())
+
+            def sign(self, data: bytes) -> bytes:
+                r, s = decode_dss_signature(stranger.sign(data, ec.ECDSA(hashes.SHA256())))
+                return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+        sink.append([Stranger(Ed25519PrivateKey.generate()).line(tenant_id, 1, "0" * 64, datetime.now(UTC))[1]])
+        _, bad = read_checkpoints(sink, signer.public_keys())
+        assert [(b.line, b.reason.split(",")[0]) for b in bad] == [
+            (2, f"signed by key {key_id(stranger.public_key())}")]

@@ -1,12 +1,14 @@
 """Azure Blob Storage on 127.0.0.1 for the test-suite: Azurite (npm, tests/azurite), over https, with
-Entra ID bearer tokens, and the platform identity that signs the app in to it.
+Entra ID bearer tokens, the platform identity that signs the app in to it, and a Key Vault.
 
 - `start_azurite` runs Azurite's blob service (`--oauth basic`: it accepts bearer tokens, which it
   takes only over https, so it serves with a certificate of the test CA) on a free port.
-- `blob_storage` (pytest fixture, one per session): Azurite, a token authority (`FakeEntraID`) and
-  Azure Container Apps' identity endpoint (`ContainerAppsIdentityEndpoint`) handing the app's
-  managed identity its tokens. The app signs in with the real azure-identity credential
-  (`IDENTITY_ENDPOINT` / `IDENTITY_HEADER`, as on Container Apps), never with an account key.
+- `azure_platform` (one per session): a token authority (`FakeEntraID`) and Azure Container Apps'
+  identity endpoint (`ContainerAppsIdentityEndpoint`) handing the app's managed identity its
+  tokens. The app signs in with the real azure-identity credential (`IDENTITY_ENDPOINT` /
+  `IDENTITY_HEADER`, as on Container Apps), never with an account key.
+- `blob_storage` (one per session): Azurite trusting that authority's tokens; `key_vault`: a
+  Key Vault (tests/crypto/keyvault_server.py) trusting them too.
 
 What Azurite does not do: it checks a bearer token's issuer, audience and lifetime but not its
 signature (`basic`), has no Azure RBAC (any such token may write any container), and does not
@@ -28,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.crypto.keyvault_server import ContainerAppsIdentityEndpoint, FakeEntraID, TestPKI
+from tests.crypto.keyvault_server import ContainerAppsIdentityEndpoint, FakeEntraID, FakeKeyVault, TestPKI
 from tests.support.idp import PORT_ATTEMPTS, STARTUP_TIMEOUT, _free_port, _terminate
 
 AZURITE_DIR = Path(__file__).resolve().parents[1] / "azurite"
@@ -107,12 +109,35 @@ def start_azurite(*, workdir: Path, pki: TestPKI) -> Azurite:
 
 
 @dataclass
+class AzurePlatform:
+    """The token authority and the platform identity endpoint handing the app's managed identity its tokens."""
+
+    pki: TestPKI
+    entra: FakeEntraID
+    client_id: str  # the app's managed identity
+    environment: dict[str, str]  # IDENTITY_ENDPOINT, IDENTITY_HEADER, and trust for the test CA
+
+
+@pytest.fixture(scope="session")
+def azure_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzurePlatform]:
+    pki = TestPKI.create(tmp_path_factory.mktemp("azure-pki"))
+    entra = FakeEntraID(pki)
+    client_id = str(uuid.uuid4())
+    identity = ContainerAppsIdentityEndpoint(entra, {client_id: str(uuid.uuid4())})
+    try:
+        yield AzurePlatform(pki, entra, client_id, {**identity.environment, "REQUESTS_CA_BUNDLE": str(pki.ca_file)})
+    finally:
+        identity.stop()
+        entra.stop()
+
+
+@dataclass
 class BlobStorage:
     """Azurite plus the identity the app signs in with (client id) and the platform's environment."""
 
     azurite: Azurite
     client_id: str
-    platform: dict[str, str]  # IDENTITY_ENDPOINT, IDENTITY_HEADER, and trust for the test CA
+    platform: dict[str, str]
 
     def new_container(self) -> str:
         name = f"checkpoints-{uuid.uuid4().hex[:12]}"
@@ -122,16 +147,17 @@ class BlobStorage:
 
 
 @pytest.fixture(scope="session")
-def blob_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobStorage]:
-    workdir = tmp_path_factory.mktemp("azurite")
-    pki = TestPKI.create(workdir / "pki")
-    entra = FakeEntraID(pki)
-    client_id = str(uuid.uuid4())
-    identity = ContainerAppsIdentityEndpoint(entra, {client_id: str(uuid.uuid4())})
-    azurite = start_azurite(workdir=workdir, pki=pki)
+def blob_storage(azure_platform: AzurePlatform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobStorage]:
+    azurite = start_azurite(workdir=tmp_path_factory.mktemp("azurite"), pki=azure_platform.pki)
     try:
-        yield BlobStorage(azurite, client_id, {**identity.environment, "REQUESTS_CA_BUNDLE": str(pki.ca_file)})
+        yield BlobStorage(azurite, azure_platform.client_id, azure_platform.environment)
     finally:
         azurite.stop()
-        identity.stop()
-        entra.stop()
+
+
+@pytest.fixture
+def key_vault(azure_platform: AzurePlatform) -> Iterator[FakeKeyVault]:
+    """A Key Vault on loopback trusting the platform's token authority."""
+    vault = FakeKeyVault(azure_platform.pki, azure_platform.entra)
+    yield vault
+    vault.stop()
