@@ -1,5 +1,6 @@
 """Network: the resource group (in the configured region), a VNet with delegated subnets, NSGs,
-and the private DNS zones that make PostgreSQL and Key Vault resolvable only from inside."""
+and the private DNS zones that make PostgreSQL, Key Vault and the checkpoint blobs resolvable only
+from inside."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pulumi_azure_native.resources as resources
 from .options import children_of
 
 KEY_VAULT_ZONE = "privatelink.vaultcore.azure.net"
+BLOB_ZONE = "privatelink.blob.core.windows.net"
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Network(pulumi.ComponentResource):
     endpoints_subnet_id: pulumi.Output[str]
     postgres_dns_zone_id: pulumi.Output[str]
     key_vault_dns_zone_id: pulumi.Output[str]
+    blob_dns_zone_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Network", name, None, opts)
@@ -143,7 +146,15 @@ class Network(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        for zone_name, zone in (("postgres", postgres_zone), ("keyvault", vault_zone)):
+        blob_zone = privatedns.PrivateZone(
+            f"{name}-blob-zone",
+            resource_group_name=rg,
+            private_zone_name=BLOB_ZONE,
+            location="global",
+            tags=tags,
+            opts=child,
+        )
+        for zone_name, zone in (("postgres", postgres_zone), ("keyvault", vault_zone), ("blob", blob_zone)):
             privatedns.VirtualNetworkLink(
                 f"{name}-{zone_name}-link",
                 resource_group_name=rg,
@@ -162,6 +173,7 @@ class Network(pulumi.ComponentResource):
         self.endpoints_subnet_id = subnet_ids.apply(lambda ids: ids["endpoints"])
         self.postgres_dns_zone_id = postgres_zone.id
         self.key_vault_dns_zone_id = vault_zone.id
+        self.blob_dns_zone_id = blob_zone.id
         self.register_outputs(
             {
                 "resource_group_name": self.resource_group_name,

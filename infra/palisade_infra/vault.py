@@ -1,5 +1,6 @@
 """Secrets: the Key Vault (RBAC only, purge protection, soft delete, no public network), its private
-endpoint, audit logs to Log Analytics, and the key-encryption key that wraps tenants' data keys.
+endpoint, audit logs to Log Analytics, the key-encryption key that wraps tenants' data keys, and the
+EC key that signs the audit checkpoints.
 
 Secrets are written through Azure Resource Manager (`Microsoft.KeyVault/vaults/secrets`), the
 control plane, so `pulumi up` never needs the vault's data plane, which only the VNet can reach.
@@ -20,6 +21,7 @@ import pulumi_random as random
 from .options import children_of
 
 KEK_NAME = "palisade-kek"
+CHECKPOINT_KEY_NAME = "palisade-audit-checkpoint"
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Secrets(pulumi.ComponentResource):
     vault_uri: pulumi.Output[str]
     kek_id: pulumi.Output[str]
     kek_uri: pulumi.Output[str]
+    checkpoint_key_id: pulumi.Output[str]
+    checkpoint_key_uri: pulumi.Output[str]
     stored: dict[str, keyvault.Secret]
 
     def __init__(self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -175,6 +179,31 @@ class Secrets(pulumi.ComponentResource):
             opts=children_of(self, opts, protect=True),
         )
 
+        # Signs the audit checkpoints (ES256, app.audit.anchor): sign and verify only, never exported.
+        # Rotation adds a version; the app signs with the version current when it started, and
+        # verify reads every version's public key.
+        checkpoint_key = keyvault.Key(
+            f"{name}-checkpoint-key",
+            resource_group_name=args.resource_group_name,
+            vault_name=vault.name,
+            key_name=CHECKPOINT_KEY_NAME,
+            properties=keyvault.KeyPropertiesArgs(
+                kty="EC-HSM" if args.kek_key_type.endswith("-HSM") else "EC",
+                curve_name="P-256",
+                key_ops=["sign", "verify"],
+                attributes=keyvault.KeyAttributesArgs(enabled=True, exportable=False),
+                rotation_policy=keyvault.RotationPolicyArgs(
+                    lifetime_actions=[
+                        keyvault.LifetimeActionArgs(
+                            action=keyvault.ActionArgs(type="rotate"),
+                            trigger=keyvault.TriggerArgs(time_after_create=f"P{args.kek_rotation_days}D"),
+                        )
+                    ],
+                ),
+            ),
+            opts=children_of(self, opts, protect=True),
+        )
+
         self.vault = VaultRef(name=vault.name, id=vault.id, uri=vault.properties.apply(lambda p: p.vault_uri),
                               resource_group_name=args.resource_group_name)
         self.stored = {
@@ -185,4 +214,6 @@ class Secrets(pulumi.ComponentResource):
         self.vault_uri = self.vault.uri
         self.kek_id = kek.id
         self.kek_uri = kek.key_uri
+        self.checkpoint_key_id = checkpoint_key.id
+        self.checkpoint_key_uri = checkpoint_key.key_uri
         self.register_outputs({"vault_uri": self.vault_uri, "vault_id": vault.id, "kek_uri": self.kek_uri})
