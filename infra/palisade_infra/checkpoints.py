@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
-import pulumi_azure_native.network as network
 import pulumi_azure_native.storage as storage
 import pulumi_random as random
 
+from .network import private_endpoint
 from .options import children_of
 
 CONTAINER = "audit-checkpoints"
@@ -92,25 +92,9 @@ class CheckpointStore(pulumi.ComponentResource):
             allow_protected_append_writes=True,
             opts=child,
         )
-        endpoint = network.PrivateEndpoint(
-            f"{name}-endpoint",
-            resource_group_name=args.resource_group_name,
-            location=args.location,
-            subnet=network.SubnetArgs(id=args.endpoints_subnet_id),
-            private_link_service_connections=[
-                network.PrivateLinkServiceConnectionArgs(name="blob", private_link_service_id=account.id, group_ids=["blob"])
-            ],
-            tags=dict(args.tags),
-            opts=child,
-        )
-        network.PrivateDnsZoneGroup(
-            f"{name}-endpoint-dns",
-            resource_group_name=args.resource_group_name,
-            private_endpoint_name=endpoint.name,
-            private_dns_zone_group_name="blob",
-            private_dns_zone_configs=[network.PrivateDnsZoneConfigArgs(name="blob", private_dns_zone_id=args.blob_dns_zone_id)],
-            opts=child,
-        )
+        private_endpoint(name, resource_group_name=args.resource_group_name, location=args.location,
+                         subnet_id=args.endpoints_subnet_id, target_id=account.id, group="blob",
+                         dns_zone_id=args.blob_dns_zone_id, tags=args.tags, opts=child)
 
         self.account_url = account.primary_endpoints.apply(lambda e: e.blob)
         self.container_name = CONTAINER

@@ -130,31 +130,19 @@ class Network(pulumi.ComponentResource):
         subnet_ids = vnet.subnets.apply(lambda subnets: {s.name: s.id for s in subnets or []})
 
         # Private access (VNet integration) needs a zone ending in postgres.database.azure.com.
-        postgres_zone = privatedns.PrivateZone(
-            f"{name}-postgres-zone",
-            resource_group_name=rg,
-            private_zone_name=f"{args.prefix}.private.postgres.database.azure.com",
-            location="global",
-            tags=tags,
-            opts=child,
-        )
-        vault_zone = privatedns.PrivateZone(
-            f"{name}-keyvault-zone",
-            resource_group_name=rg,
-            private_zone_name=KEY_VAULT_ZONE,
-            location="global",
-            tags=tags,
-            opts=child,
-        )
-        blob_zone = privatedns.PrivateZone(
-            f"{name}-blob-zone",
-            resource_group_name=rg,
-            private_zone_name=BLOB_ZONE,
-            location="global",
-            tags=tags,
-            opts=child,
-        )
-        for zone_name, zone in (("postgres", postgres_zone), ("keyvault", vault_zone), ("blob", blob_zone)):
+        zones = {
+            zone_name: privatedns.PrivateZone(
+                f"{name}-{zone_name}-zone",
+                resource_group_name=rg,
+                private_zone_name=private_zone_name,
+                location="global",
+                tags=tags,
+                opts=child,
+            )
+            for zone_name, private_zone_name in (("postgres", f"{args.prefix}.private.postgres.database.azure.com"),
+                                                 ("keyvault", KEY_VAULT_ZONE), ("blob", BLOB_ZONE))
+        }
+        for zone_name, zone in zones.items():
             privatedns.VirtualNetworkLink(
                 f"{name}-{zone_name}-link",
                 resource_group_name=rg,
@@ -171,9 +159,9 @@ class Network(pulumi.ComponentResource):
         self.apps_subnet_id = subnet_ids.apply(lambda ids: ids["apps"])
         self.database_subnet_id = subnet_ids.apply(lambda ids: ids["database"])
         self.endpoints_subnet_id = subnet_ids.apply(lambda ids: ids["endpoints"])
-        self.postgres_dns_zone_id = postgres_zone.id
-        self.key_vault_dns_zone_id = vault_zone.id
-        self.blob_dns_zone_id = blob_zone.id
+        self.postgres_dns_zone_id = zones["postgres"].id
+        self.key_vault_dns_zone_id = zones["keyvault"].id
+        self.blob_dns_zone_id = zones["blob"].id
         self.register_outputs(
             {
                 "resource_group_name": self.resource_group_name,
@@ -183,3 +171,38 @@ class Network(pulumi.ComponentResource):
                 "endpoints_subnet_id": self.endpoints_subnet_id,
             }
         )
+
+
+def private_endpoint(
+    name: str,
+    *,
+    resource_group_name: pulumi.Input[str],
+    location: str,
+    subnet_id: pulumi.Input[str],
+    target_id: pulumi.Input[str],
+    group: str,
+    dns_zone_id: pulumi.Input[str],
+    tags: Mapping[str, str],
+    opts: pulumi.ResourceOptions,
+) -> network.PrivateEndpoint:
+    """A private endpoint for one sub-resource (`group`: vault, blob) of `target_id`, registered in its private DNS zone."""
+    endpoint = network.PrivateEndpoint(
+        f"{name}-endpoint",
+        resource_group_name=resource_group_name,
+        location=location,
+        subnet=network.SubnetArgs(id=subnet_id),
+        private_link_service_connections=[
+            network.PrivateLinkServiceConnectionArgs(name=group, private_link_service_id=target_id, group_ids=[group])
+        ],
+        tags=dict(tags),
+        opts=opts,
+    )
+    network.PrivateDnsZoneGroup(
+        f"{name}-endpoint-dns",
+        resource_group_name=resource_group_name,
+        private_endpoint_name=endpoint.name,
+        private_dns_zone_group_name=group,
+        private_dns_zone_configs=[network.PrivateDnsZoneConfigArgs(name=group, private_dns_zone_id=dns_zone_id)],
+        opts=opts,
+    )
+    return endpoint

@@ -15,9 +15,9 @@ import pulumi
 import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.keyvault as keyvault
 import pulumi_azure_native.monitor as monitor
-import pulumi_azure_native.network as network
 import pulumi_random as random
 
+from .network import private_endpoint
 from .options import children_of
 
 KEK_NAME = "palisade-kek"
@@ -60,6 +60,14 @@ def store_secret(
         ),
         opts=opts,
     )
+
+
+def rotated_every(days: int) -> keyvault.RotationPolicyArgs:
+    """Key Vault adds a new version of the key `days` after the current one was created."""
+    return keyvault.RotationPolicyArgs(lifetime_actions=[
+        keyvault.LifetimeActionArgs(action=keyvault.ActionArgs(type="rotate"),
+                                    trigger=keyvault.TriggerArgs(time_after_create=f"P{days}D")),
+    ])
 
 
 @dataclass
@@ -123,25 +131,9 @@ class Secrets(pulumi.ComponentResource):
             opts=children_of(self, opts, protect=True),
         )
 
-        endpoint = network.PrivateEndpoint(
-            f"{name}-endpoint",
-            resource_group_name=args.resource_group_name,
-            location=args.location,
-            subnet=network.SubnetArgs(id=args.endpoints_subnet_id),
-            private_link_service_connections=[
-                network.PrivateLinkServiceConnectionArgs(name="vault", private_link_service_id=vault.id, group_ids=["vault"])
-            ],
-            tags=dict(args.tags),
-            opts=child,
-        )
-        network.PrivateDnsZoneGroup(
-            f"{name}-endpoint-dns",
-            resource_group_name=args.resource_group_name,
-            private_endpoint_name=endpoint.name,
-            private_dns_zone_group_name="vault",
-            private_dns_zone_configs=[network.PrivateDnsZoneConfigArgs(name="vault", private_dns_zone_id=args.key_vault_dns_zone_id)],
-            opts=child,
-        )
+        private_endpoint(name, resource_group_name=args.resource_group_name, location=args.location,
+                         subnet_id=args.endpoints_subnet_id, target_id=vault.id, group="vault",
+                         dns_zone_id=args.key_vault_dns_zone_id, tags=args.tags, opts=child)
 
         monitor.DiagnosticSetting(
             f"{name}-audit",
@@ -167,14 +159,7 @@ class Secrets(pulumi.ComponentResource):
                 attributes=keyvault.KeyAttributesArgs(enabled=True, exportable=False),
                 # Rotation adds a version; older versions keep unwrapping until an operator disables
                 # them after rewrapping (see `app.crypto.kek`). No expiry is set for that reason.
-                rotation_policy=keyvault.RotationPolicyArgs(
-                    lifetime_actions=[
-                        keyvault.LifetimeActionArgs(
-                            action=keyvault.ActionArgs(type="rotate"),
-                            trigger=keyvault.TriggerArgs(time_after_create=f"P{args.kek_rotation_days}D"),
-                        )
-                    ],
-                ),
+                rotation_policy=rotated_every(args.kek_rotation_days),
             ),
             opts=children_of(self, opts, protect=True),
         )
@@ -192,14 +177,7 @@ class Secrets(pulumi.ComponentResource):
                 curve_name="P-256",
                 key_ops=["sign", "verify"],
                 attributes=keyvault.KeyAttributesArgs(enabled=True, exportable=False),
-                rotation_policy=keyvault.RotationPolicyArgs(
-                    lifetime_actions=[
-                        keyvault.LifetimeActionArgs(
-                            action=keyvault.ActionArgs(type="rotate"),
-                            trigger=keyvault.TriggerArgs(time_after_create=f"P{args.kek_rotation_days}D"),
-                        )
-                    ],
-                ),
+                rotation_policy=rotated_every(args.kek_rotation_days),
             ),
             opts=children_of(self, opts, protect=True),
         )
