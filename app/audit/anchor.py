@@ -3,18 +3,20 @@
 Why (issue 16): the hash chain proves that nobody edited an event without re-chaining the ones
 after it, but whoever holds the schema owner's credentials can do exactly that, head included, and
 the chain verifies again. A checkpoint records, per chain, the last `seq`, its `hash` and the time,
-signed with an Ed25519 key that no database role can read, in a sink the database roles cannot
-write. `palisade audit verify` then checks each chain against every checkpoint it reads: an event
+signed with a key that no database role can read (an Ed25519 key file, or an EC key in Key Vault),
+in a sink the database roles cannot write. `palisade audit verify` then checks each chain against every checkpoint it reads: an event
 at or before a checkpointed `seq` that was rewritten (and re-chained) no longer hashes to the
 checkpoint's value, and a chain cut back below it is shorter than the checkpoint says.
 
 - The record, one JSON line: `{"v":1,"tenant_id":…,"seq":…,"hash":…,"at":…,"key":…,"sig":…}`.
-  `sig` is the Ed25519 signature (base64) over `DOMAIN` followed by the line's other fields as
-  sorted compact JSON; `key` names the public key (the first 16 bytes of SHA-256 over its raw
-  form, hex), so a verifier with several public keys (rotation) knows which one to use.
-- The signing key: a PEM (PKCS#8) Ed25519 private key in a file only the service's user can read,
-  refused otherwise, with the same checks as the KEK files (`app.crypto.secrets`). The verifier
-  needs only the public key.
+  `sig` is the signature (base64: Ed25519, or ES256 as raw r || s) over `DOMAIN` followed by the
+  line's other fields as sorted compact JSON; `key` names the public key (the first 16 bytes of
+  SHA-256, hex, over an Ed25519 key's raw form or an EC key's SubjectPublicKeyInfo), so a verifier
+  with several public keys (rotation) knows which one to use.
+- The signing key (`Signer`): a PEM (PKCS#8) Ed25519 private key in a file only the service's user
+  can read, refused otherwise, with the same checks as the KEK files (`app.crypto.secrets`); or
+  (`KeyVaultSigner`) an EC P-256 key in Azure Key Vault that signs in the vault, so the private key
+  never reaches this process. The verifier needs only the public key(s).
 - Sinks are pluggable (`CheckpointSink`): `FileSink` appends to one file per UTC day in a
   directory (O_APPEND, one write per batch, fsync); forwarding it off-host is the operator's part.
   `AzureBlobSink` appends to one append blob per UTC day in a container (`append_block`, one
