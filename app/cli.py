@@ -244,7 +244,7 @@ def audit_checkpoint(
     except (CheckpointError, SecretError) as exc:
         raise _fail(f"checkpoints: {exc}") from None
     if sink is None or signer is None:
-        raise _fail("checkpoints need PALISADE_AUDIT_CHECKPOINT_SINK and PALISADE_AUDIT_CHECKPOINT_KEY_FILE")
+        raise _fail("checkpoints need PALISADE_AUDIT_CHECKPOINT_SINK and PALISADE_AUDIT_CHECKPOINT_KEY_FILE (or _KEY_URL)")
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         taken = take_checkpoints(make_session_factory(engine), signer, sink, tenant_ids or None)

@@ -157,11 +157,19 @@ class Settings(BaseSettings):
     data_key_cache_size: int = Field(default=1024, ge=0, le=100_000)
 
     # Audit checkpoints (app/audit/anchor.py): each chain's head, signed, written outside PostgreSQL.
-    # `file`: appended to one file per UTC day in `audit_checkpoint_dir`. `none`: not anchored.
-    audit_checkpoint_sink: Literal["none", "file"] = "none"
+    # `file`: appended to one file per UTC day in `audit_checkpoint_dir`. `azure-blob`: appended to
+    # one append blob per UTC day in a container (`audit_checkpoint_blob_account_url`, e.g.
+    # https://<account>.blob.core.windows.net, and `audit_checkpoint_blob_container`), signed in with
+    # the same Azure credential as Key Vault, never an account key. `none`: not anchored.
+    audit_checkpoint_sink: Literal["none", "file", "azure-blob"] = "none"
     audit_checkpoint_dir: Path | None = None
-    # The Ed25519 signing key (PEM, PKCS#8, owner-only file); the public key(s) verify checks with.
+    audit_checkpoint_blob_account_url: str | None = None
+    audit_checkpoint_blob_container: str | None = None
+    # The Ed25519 signing key (PEM, PKCS#8, owner-only file), or an EC P-256 key in Key Vault
+    # (https://<vault>.vault.azure.net/keys/<name>, ES256, signed in the vault); the public key(s)
+    # verify checks with.
     audit_checkpoint_key_file: Path | None = None
+    audit_checkpoint_key_url: str | None = None
     audit_checkpoint_public_key_file: Path | None = None
     # How often the app checkpoints every chain whose head moved (0: only on demand and at shutdown).
     audit_checkpoint_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)

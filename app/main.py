@@ -78,7 +78,7 @@ def _checkpointer(settings: Settings, sessions: Any) -> Any:
         return None
     signer = signer_from_settings(settings)
     if signer is None:
-        raise StartupRefused("PALISADE_AUDIT_CHECKPOINT_SINK is set but PALISADE_AUDIT_CHECKPOINT_KEY_FILE is not")
+        raise StartupRefused("PALISADE_AUDIT_CHECKPOINT_SINK is set but neither PALISADE_AUDIT_CHECKPOINT_KEY_FILE nor PALISADE_AUDIT_CHECKPOINT_KEY_URL is")
     checkpointer = Checkpointer(sessions, signer, sink, interval=settings.audit_checkpoint_seconds)
     return checkpointer.start() if settings.audit_checkpoint_seconds > 0 else checkpointer
 

@@ -11,6 +11,7 @@ import pulumi
 import pulumi.runtime.config as runtime_config
 from palisade_infra import config as stack_config
 from palisade_infra import defaults
+from palisade_infra.checkpoints import CheckpointStore, CheckpointStoreArgs
 from palisade_infra.database import Database, DatabaseAccess, DatabaseAccessArgs, DatabaseArgs
 from palisade_infra.edge import Edge, EdgeArgs, EdgeDns, EdgeDnsArgs
 from palisade_infra.hosting import AppEnvironment, AppEnvironmentArgs, AppHosting, AppHostingArgs, KeyVaultSecretRef
@@ -52,6 +53,12 @@ secrets = Secrets("secrets", SecretsArgs(
     tags=tags,
 ), opts=pulumi.ResourceOptions(depends_on=[network]))
 
+checkpoints = CheckpointStore("checkpoints", CheckpointStoreArgs(
+    prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
+    endpoints_subnet_id=network.endpoints_subnet_id, blob_dns_zone_id=network.blob_dns_zone_id,
+    retention_days=cfg.audit_checkpoint_retention_days, tags=tags,
+), opts=pulumi.ResourceOptions(depends_on=[network]))
+
 database = Database("database", DatabaseArgs(
     prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
     delegated_subnet_id=network.database_subnet_id, private_dns_zone_id=network.postgres_dns_zone_id,
@@ -79,10 +86,11 @@ collector_secrets = [defaults.APPINSIGHTS_CONNECTION_STRING] if use_collector el
 
 identity = Identity("identity", IdentityArgs(
     prefix=cfg.prefix, location=cfg.location, resource_group_name=network.resource_group_name,
-    vault_id=secrets.vault.id, kek_id=secrets.kek_id, app_secrets=[*app_secrets, *collector_secrets],
+    vault_id=secrets.vault.id, kek_id=secrets.kek_id, checkpoint_key_id=secrets.checkpoint_key_id,
+    checkpoint_container_id=checkpoints.container_id, app_secrets=[*app_secrets, *collector_secrets],
     migrator_secrets=list(defaults.MIGRATION_SECRETS), tunnel_secrets=[defaults.TUNNEL_TOKEN],
     federated_credentials=cfg.federated_credentials, tags=tags,
-), opts=pulumi.ResourceOptions(depends_on=[secrets, database, edge]))
+), opts=pulumi.ResourceOptions(depends_on=[secrets, checkpoints, database, edge]))
 
 database_access = DatabaseAccess("database-access", DatabaseAccessArgs(
     resource_group_name=network.resource_group_name, server_name=database.server_name, tenant_id=database.tenant_id,
@@ -109,6 +117,8 @@ hosting = AppHosting("app", AppHostingArgs(
     migrator_identity_id=identity.migrator.id, migrator_identity_client_id=identity.migrator.client_id,
     app_identity_principal_id=identity.app.principal_id,
     tunnel_identity_id=identity.tunnel.id, vault_uri=secrets.vault_uri, kek_uri=secrets.kek_uri,
+    checkpoint_key_uri=secrets.checkpoint_key_uri, checkpoint_account_url=checkpoints.account_url,
+    checkpoint_container=checkpoints.container_name,
     issuers=cfg.issuers, tunnel_token=sidecar_secret(defaults.TUNNEL_TOKEN, "TUNNEL_TOKEN", identity.tunnel.id),
     cloudflared_image=cfg.cloudflared_image,
     optional_secrets=[name for name in defaults.OPTIONAL_APP_SECRETS if name in app_secrets], cors_allow_origins=cfg.cors_allow_origins,

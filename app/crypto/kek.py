@@ -99,6 +99,17 @@ _KEY_PATH = re.compile(r"/keys/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[0-9
 _VAULT_VERSION = re.compile(r"[0-9A-Za-z]{1,64}")
 
 
+def split_key_url(key_id_or_url: str) -> tuple[str, str, str | None]:
+    """`https://<vault>/keys/<name>[/<version>]` as (vault URL, key name, version or None)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(key_id_or_url)
+    match = _KEY_PATH.fullmatch(parts.path)
+    if parts.scheme != "https" or not parts.netloc or not match or parts.query or parts.fragment:
+        raise ValueError("the key must be given as https://<vault>/keys/<name>[/<version>]")
+    return f"https://{parts.netloc}", match["name"], match["version"]
+
+
 class KeyVaultKeyWrapper:
     """A Key Vault RSA key wraps data keys with RSA-OAEP-256.
 
@@ -118,17 +129,9 @@ class KeyVaultKeyWrapper:
         version_cache_seconds: float = 300.0,
         **client_options: Any,
     ) -> None:
-        from urllib.parse import urlsplit
-
         from azure.keyvault.keys import KeyClient
 
-        parts = urlsplit(key_id_or_url)
-        match = _KEY_PATH.fullmatch(parts.path)
-        if parts.scheme != "https" or not parts.netloc or not match or parts.query or parts.fragment:
-            raise ValueError("the key must be given as https://<vault>/keys/<name>[/<version>]")
-        self._vault_url = f"https://{parts.netloc}"
-        self._name = match["name"]
-        self._pinned = match["version"]
+        self._vault_url, self._name, self._pinned = split_key_url(key_id_or_url)
         self._credential = credential
         self._options = client_options
         self._cache_seconds = version_cache_seconds
@@ -345,8 +348,7 @@ def key_wrapper_from_settings(settings: Any) -> KeyWrapper | None:
     if settings.kek_provider == "keyvault":
         if not settings.kek_key_url:
             return None
-        from app.crypto.secrets import azure_credential
+        from app.crypto.secrets import credential_from_settings
 
-        return KeyVaultKeyWrapper(settings.kek_key_url, azure_credential(
-            "default", mode=settings.mode, managed_identity_client_id=settings.azure_managed_identity_client_id))
+        return KeyVaultKeyWrapper(settings.kek_key_url, credential_from_settings(settings))
     return LocalKeyWrapper(settings.kek_dir) if settings.kek_dir else None

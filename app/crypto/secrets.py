@@ -452,6 +452,13 @@ def azure_credential(
     raise ValueError(f"unknown Azure credential kind {kind!r} (default, workload or managed)")
 
 
+def credential_from_settings(settings: Any) -> TokenCredential:
+    """The app's own Azure credential, as its settings name it: what Key Vault, the KEK, PostgreSQL
+    (Entra sign-in) and the audit checkpoint blobs are all reached with."""
+    return azure_credential("default", mode=settings.mode,
+                            managed_identity_client_id=settings.azure_managed_identity_client_id)
+
+
 class KeyVaultSecrets:
     """Secrets from Azure Key Vault (`azure.keyvault.secrets.SecretClient`).
 

@@ -72,7 +72,6 @@ def configure(settings: Any) -> None:
     """Install the token source when the settings ask for Entra ID authentication."""
     if getattr(settings, "database_auth", "password") != "entra" or installed():
         return
-    from app.crypto.secrets import azure_credential
+    from app.crypto.secrets import credential_from_settings
 
-    install(azure_credential("default", mode=settings.mode,
-                             managed_identity_client_id=settings.azure_managed_identity_client_id))
+    install(credential_from_settings(settings))

@@ -127,6 +127,7 @@ class StackConfig:
     kek_key_size: int = 3072
     kek_rotation_days: int = 365
     soft_delete_retention_days: int = 90
+    audit_checkpoint_retention_days: int = 365
     federated_credentials: tuple[FederatedCredential, ...] = ()
     # --- app hosting
     min_replicas: int = 2
@@ -329,6 +330,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "kekKeySize": ("kek_key_size", _int),
     "kekRotationDays": ("kek_rotation_days", _int),
     "softDeleteRetentionDays": ("soft_delete_retention_days", _int),
+    "auditCheckpointRetentionDays": ("audit_checkpoint_retention_days", _int),
     "federatedCredentials": ("federated_credentials", _federated),
     "minReplicas": ("min_replicas", _int),
     "maxReplicas": ("max_replicas", _int),
@@ -495,6 +497,9 @@ def _check(cfg: StackConfig) -> list[str]:
         p.append(f"{ns}:kekRotationDays must be between 30 and 730")
     if not 7 <= cfg.soft_delete_retention_days <= 90:
         p.append(f"{ns}:softDeleteRetentionDays must be between 7 and 90")
+    # Azure's bounds for a time-based retention policy.
+    if not 1 <= cfg.audit_checkpoint_retention_days <= 146_000:
+        p.append(f"{ns}:auditCheckpointRetentionDays must be between 1 and 146000")
 
     if cfg.min_replicas < 2:
         p.append(f"{ns}:minReplicas must be at least 2 (one replica is a single point of failure)")

@@ -157,6 +157,9 @@ class AppHostingArgs:
     tunnel_identity_id: pulumi.Input[str]
     vault_uri: pulumi.Input[str]
     kek_uri: pulumi.Input[str]
+    checkpoint_key_uri: pulumi.Input[str]
+    checkpoint_account_url: pulumi.Input[str]
+    checkpoint_container: str
     issuers: Sequence[Issuer]
     tunnel_token: KeyVaultSecretRef
     cloudflared_image: str
@@ -218,6 +221,11 @@ class AppHosting(pulumi.ComponentResource):
             **reads_key_vault(args.vault_uri, args.app_identity_client_id, args.optional_secrets),
             "PALISADE_KEK_PROVIDER": "keyvault",
             "PALISADE_KEK_KEY_URL": args.kek_uri,
+            # Audit checkpoints: append blobs in the immutable container, signed in the vault.
+            "PALISADE_AUDIT_CHECKPOINT_SINK": "azure-blob",
+            "PALISADE_AUDIT_CHECKPOINT_BLOB_ACCOUNT_URL": args.checkpoint_account_url,
+            "PALISADE_AUDIT_CHECKPOINT_BLOB_CONTAINER": args.checkpoint_container,
+            "PALISADE_AUDIT_CHECKPOINT_KEY_URL": args.checkpoint_key_uri,
             # Only the app's own host name is served; the tunnel routes nothing else here either.
             "PALISADE_ALLOWED_HOSTS": args.domain,
             # The Cloudflare hop is the cloudflared sidecar on loopback: it alone names the client

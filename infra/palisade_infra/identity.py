@@ -4,7 +4,9 @@ Three identities, three trust scopes:
 
 | identity   | used by                              | may read                                      |
 | ---------- | ------------------------------------ | --------------------------------------------- |
-| `app`      | the API replicas                     | its own secrets; wrap/unwrap with the KEK     |
+| `app`      | the API replicas                     | its own secrets; wrap/unwrap with the KEK;    |
+|            |                                      | sign with the checkpoint key; append blobs to |
+|            |                                      | the checkpoint container                      |
 | `migrator` | the migration job                    | the admin (schema owner) URL, the app URL     |
 | `tunnel`   | the API's cloudflared sidecar        | the tunnel token                              |
 
@@ -15,7 +17,8 @@ so the `tunnel` identity keeps the tunnel token away from the migration job, not
 compromised API process.
 
 Every assignment is scoped to one secret or one key inside the vault, narrower than the vault
-itself; nothing is granted at resource-group, subscription or management-group scope.
+itself, or to the one checkpoint container; nothing is granted at storage-account, resource-group,
+subscription or management-group scope.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from .options import children_of
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"  # secrets/getSecret/action, secrets/readMetadata
 # keys/read + keys/wrapKey/action + keys/unwrapKey/action: exactly what app.crypto.kek needs.
 KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
+# The only built-in role with keys/sign/action (it also reads, updates and backs up the key, and
+# uses it in every way its key_ops allow: sign and verify only, vault.py).
+KEY_VAULT_CRYPTO_USER = "12338af0-0e69-4776-bea7-57ae8d297424"
+# Read, write (create, append) and delete blobs; deleting or overwriting is refused on the
+# checkpoint container by its immutability policy (checkpoints.py).
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 
 
 def identity_name(prefix: str, who: str) -> str:
@@ -48,6 +57,8 @@ class IdentityArgs:
     resource_group_name: pulumi.Input[str]
     vault_id: pulumi.Input[str]
     kek_id: pulumi.Input[str]
+    checkpoint_key_id: pulumi.Input[str]
+    checkpoint_container_id: pulumi.Input[str]
     app_secrets: Sequence[str]
     migrator_secrets: Sequence[str]
     tunnel_secrets: Sequence[str]
@@ -108,6 +119,8 @@ class Identity(pulumi.ComponentResource):
             for secret_name in secret_names:
                 grant(f"{who}-reads-{secret_name}", identities[who], KEY_VAULT_SECRETS_USER, secret_scope(secret_name))
         grant("app-wraps-with-kek", identities["app"], KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, args.kek_id)
+        grant("app-signs-checkpoints", identities["app"], KEY_VAULT_CRYPTO_USER, args.checkpoint_key_id)
+        grant("app-appends-checkpoints", identities["app"], STORAGE_BLOB_DATA_CONTRIBUTOR, args.checkpoint_container_id)
 
         # Workload identity federation for runtimes outside Container Apps (AKS, an external
         # issuer): their tokens for the configured subject become the app identity, nothing more.

@@ -1,5 +1,6 @@
 """Network: the resource group (in the configured region), a VNet with delegated subnets, NSGs,
-and the private DNS zones that make PostgreSQL and Key Vault resolvable only from inside."""
+and the private DNS zones that make PostgreSQL, Key Vault and the checkpoint blobs resolvable only
+from inside."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pulumi_azure_native.resources as resources
 from .options import children_of
 
 KEY_VAULT_ZONE = "privatelink.vaultcore.azure.net"
+BLOB_ZONE = "privatelink.blob.core.windows.net"
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Network(pulumi.ComponentResource):
     endpoints_subnet_id: pulumi.Output[str]
     postgres_dns_zone_id: pulumi.Output[str]
     key_vault_dns_zone_id: pulumi.Output[str]
+    blob_dns_zone_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("palisade:infra:Network", name, None, opts)
@@ -127,23 +130,19 @@ class Network(pulumi.ComponentResource):
         subnet_ids = vnet.subnets.apply(lambda subnets: {s.name: s.id for s in subnets or []})
 
         # Private access (VNet integration) needs a zone ending in postgres.database.azure.com.
-        postgres_zone = privatedns.PrivateZone(
-            f"{name}-postgres-zone",
-            resource_group_name=rg,
-            private_zone_name=f"{args.prefix}.private.postgres.database.azure.com",
-            location="global",
-            tags=tags,
-            opts=child,
-        )
-        vault_zone = privatedns.PrivateZone(
-            f"{name}-keyvault-zone",
-            resource_group_name=rg,
-            private_zone_name=KEY_VAULT_ZONE,
-            location="global",
-            tags=tags,
-            opts=child,
-        )
-        for zone_name, zone in (("postgres", postgres_zone), ("keyvault", vault_zone)):
+        zones = {
+            zone_name: privatedns.PrivateZone(
+                f"{name}-{zone_name}-zone",
+                resource_group_name=rg,
+                private_zone_name=private_zone_name,
+                location="global",
+                tags=tags,
+                opts=child,
+            )
+            for zone_name, private_zone_name in (("postgres", f"{args.prefix}.private.postgres.database.azure.com"),
+                                                 ("keyvault", KEY_VAULT_ZONE), ("blob", BLOB_ZONE))
+        }
+        for zone_name, zone in zones.items():
             privatedns.VirtualNetworkLink(
                 f"{name}-{zone_name}-link",
                 resource_group_name=rg,
@@ -160,8 +159,9 @@ class Network(pulumi.ComponentResource):
         self.apps_subnet_id = subnet_ids.apply(lambda ids: ids["apps"])
         self.database_subnet_id = subnet_ids.apply(lambda ids: ids["database"])
         self.endpoints_subnet_id = subnet_ids.apply(lambda ids: ids["endpoints"])
-        self.postgres_dns_zone_id = postgres_zone.id
-        self.key_vault_dns_zone_id = vault_zone.id
+        self.postgres_dns_zone_id = zones["postgres"].id
+        self.key_vault_dns_zone_id = zones["keyvault"].id
+        self.blob_dns_zone_id = zones["blob"].id
         self.register_outputs(
             {
                 "resource_group_name": self.resource_group_name,
@@ -171,3 +171,38 @@ class Network(pulumi.ComponentResource):
                 "endpoints_subnet_id": self.endpoints_subnet_id,
             }
         )
+
+
+def private_endpoint(
+    name: str,
+    *,
+    resource_group_name: pulumi.Input[str],
+    location: str,
+    subnet_id: pulumi.Input[str],
+    target_id: pulumi.Input[str],
+    group: str,
+    dns_zone_id: pulumi.Input[str],
+    tags: Mapping[str, str],
+    opts: pulumi.ResourceOptions,
+) -> network.PrivateEndpoint:
+    """A private endpoint for one sub-resource (`group`: vault, blob) of `target_id`, registered in its private DNS zone."""
+    endpoint = network.PrivateEndpoint(
+        f"{name}-endpoint",
+        resource_group_name=resource_group_name,
+        location=location,
+        subnet=network.SubnetArgs(id=subnet_id),
+        private_link_service_connections=[
+            network.PrivateLinkServiceConnectionArgs(name=group, private_link_service_id=target_id, group_ids=[group])
+        ],
+        tags=dict(tags),
+        opts=opts,
+    )
+    network.PrivateDnsZoneGroup(
+        f"{name}-endpoint-dns",
+        resource_group_name=resource_group_name,
+        private_endpoint_name=endpoint.name,
+        private_dns_zone_group_name=group,
+        private_dns_zone_configs=[network.PrivateDnsZoneConfigArgs(name=group, private_dns_zone_id=dns_zone_id)],
+        opts=opts,
+    )
+    return endpoint

@@ -1,5 +1,6 @@
 """Secrets: the Key Vault (RBAC only, purge protection, soft delete, no public network), its private
-endpoint, audit logs to Log Analytics, and the key-encryption key that wraps tenants' data keys.
+endpoint, audit logs to Log Analytics, the key-encryption key that wraps tenants' data keys, and the
+EC key that signs the audit checkpoints.
 
 Secrets are written through Azure Resource Manager (`Microsoft.KeyVault/vaults/secrets`), the
 control plane, so `pulumi up` never needs the vault's data plane, which only the VNet can reach.
@@ -14,12 +15,13 @@ import pulumi
 import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.keyvault as keyvault
 import pulumi_azure_native.monitor as monitor
-import pulumi_azure_native.network as network
 import pulumi_random as random
 
+from .network import private_endpoint
 from .options import children_of
 
 KEK_NAME = "palisade-kek"
+CHECKPOINT_KEY_NAME = "palisade-audit-checkpoint"
 
 
 @dataclass
@@ -60,6 +62,14 @@ def store_secret(
     )
 
 
+def rotated_every(days: int) -> keyvault.RotationPolicyArgs:
+    """Key Vault adds a new version of the key `days` after the current one was created."""
+    return keyvault.RotationPolicyArgs(lifetime_actions=[
+        keyvault.LifetimeActionArgs(action=keyvault.ActionArgs(type="rotate"),
+                                    trigger=keyvault.TriggerArgs(time_after_create=f"P{days}D")),
+    ])
+
+
 @dataclass
 class SecretsArgs:
     prefix: str
@@ -82,6 +92,8 @@ class Secrets(pulumi.ComponentResource):
     vault_uri: pulumi.Output[str]
     kek_id: pulumi.Output[str]
     kek_uri: pulumi.Output[str]
+    checkpoint_key_id: pulumi.Output[str]
+    checkpoint_key_uri: pulumi.Output[str]
     stored: dict[str, keyvault.Secret]
 
     def __init__(self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -119,25 +131,9 @@ class Secrets(pulumi.ComponentResource):
             opts=children_of(self, opts, protect=True),
         )
 
-        endpoint = network.PrivateEndpoint(
-            f"{name}-endpoint",
-            resource_group_name=args.resource_group_name,
-            location=args.location,
-            subnet=network.SubnetArgs(id=args.endpoints_subnet_id),
-            private_link_service_connections=[
-                network.PrivateLinkServiceConnectionArgs(name="vault", private_link_service_id=vault.id, group_ids=["vault"])
-            ],
-            tags=dict(args.tags),
-            opts=child,
-        )
-        network.PrivateDnsZoneGroup(
-            f"{name}-endpoint-dns",
-            resource_group_name=args.resource_group_name,
-            private_endpoint_name=endpoint.name,
-            private_dns_zone_group_name="vault",
-            private_dns_zone_configs=[network.PrivateDnsZoneConfigArgs(name="vault", private_dns_zone_id=args.key_vault_dns_zone_id)],
-            opts=child,
-        )
+        private_endpoint(name, resource_group_name=args.resource_group_name, location=args.location,
+                         subnet_id=args.endpoints_subnet_id, target_id=vault.id, group="vault",
+                         dns_zone_id=args.key_vault_dns_zone_id, tags=args.tags, opts=child)
 
         monitor.DiagnosticSetting(
             f"{name}-audit",
@@ -163,14 +159,25 @@ class Secrets(pulumi.ComponentResource):
                 attributes=keyvault.KeyAttributesArgs(enabled=True, exportable=False),
                 # Rotation adds a version; older versions keep unwrapping until an operator disables
                 # them after rewrapping (see `app.crypto.kek`). No expiry is set for that reason.
-                rotation_policy=keyvault.RotationPolicyArgs(
-                    lifetime_actions=[
-                        keyvault.LifetimeActionArgs(
-                            action=keyvault.ActionArgs(type="rotate"),
-                            trigger=keyvault.TriggerArgs(time_after_create=f"P{args.kek_rotation_days}D"),
-                        )
-                    ],
-                ),
+                rotation_policy=rotated_every(args.kek_rotation_days),
+            ),
+            opts=children_of(self, opts, protect=True),
+        )
+
+        # Signs the audit checkpoints (ES256, app.audit.anchor): sign and verify only, never exported.
+        # Rotation adds a version; the app signs with the version current when it started, and
+        # verify reads every version's public key.
+        checkpoint_key = keyvault.Key(
+            f"{name}-checkpoint-key",
+            resource_group_name=args.resource_group_name,
+            vault_name=vault.name,
+            key_name=CHECKPOINT_KEY_NAME,
+            properties=keyvault.KeyPropertiesArgs(
+                kty="EC-HSM" if args.kek_key_type.endswith("-HSM") else "EC",
+                curve_name="P-256",
+                key_ops=["sign", "verify"],
+                attributes=keyvault.KeyAttributesArgs(enabled=True, exportable=False),
+                rotation_policy=rotated_every(args.kek_rotation_days),
             ),
             opts=children_of(self, opts, protect=True),
         )
@@ -185,4 +192,6 @@ class Secrets(pulumi.ComponentResource):
         self.vault_uri = self.vault.uri
         self.kek_id = kek.id
         self.kek_uri = kek.key_uri
+        self.checkpoint_key_id = checkpoint_key.id
+        self.checkpoint_key_uri = checkpoint_key.key_uri
         self.register_outputs({"vault_uri": self.vault_uri, "vault_id": vault.id, "kek_uri": self.kek_uri})

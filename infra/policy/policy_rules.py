@@ -34,6 +34,8 @@ POSTGRES_SERVER = "azure-native:dbforpostgresql:Server"
 POSTGRES_FIREWALL_RULE = "azure-native:dbforpostgresql:FirewallRule"
 POSTGRES_CONFIGURATION = "azure-native:dbforpostgresql:Configuration"
 KEY_VAULT = "azure-native:keyvault:Vault"
+STORAGE_ACCOUNT = "azure-native:storage:StorageAccount"
+IMMUTABILITY_POLICY = "azure-native:storage:BlobContainerImmutabilityPolicy"
 ROLE_ASSIGNMENT = "azure-native:authorization:RoleAssignment"
 USER_ASSIGNED_IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
 CONTAINER_APP = "azure-native:app:ContainerApp"
@@ -67,10 +69,16 @@ CUSTOM_RULE_ACTIONS = {"block", "managed_challenge", "challenge", "js_challenge"
 
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
-# Built-in roles an identity of this stack may hold, each on the one kind of item it reads.
+CRYPTO_USER = "12338af0-0e69-4776-bea7-57ae8d297424"
+CHECKPOINT_KEY = "palisade-audit-checkpoint"  # the one key Crypto User may be granted on (infra/palisade_infra/vault.py)
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+# Built-in roles an identity of this stack may hold, each on the one kind of item it uses (and, for
+# a role that can do more than its purpose needs, on that one item only).
 ALLOWED_ROLES = {
     SECRETS_USER: ("Key Vault Secrets User", "secrets"),
     CRYPTO_SERVICE_ENCRYPTION_USER: ("Key Vault Crypto Service Encryption User", "keys"),
+    CRYPTO_USER: ("Key Vault Crypto User", "keys", CHECKPOINT_KEY),  # sign/verify are that key's only key_ops
+    STORAGE_BLOB_DATA_CONTRIBUTOR: ("Storage Blob Data Contributor", "containers"),  # the immutable checkpoint container
 }
 # What must be watched: alert rule names end with these (`<prefix>-<what>`).
 REQUIRED_ALERTS = {
@@ -86,7 +94,8 @@ REQUIRED_ALERTS = {
 ADMIN_DATABASE_URL_SECRET = "admin-database-url"
 
 _ITEM_SCOPE = re.compile(
-    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.KeyVault/vaults/[^/]+/(?P<kind>secrets|keys)/(?P<item>[^/]+)",
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/(?:Microsoft\.KeyVault/vaults/[^/]+/(?P<kind>secrets|keys)"
+    r"|Microsoft\.Storage/storageAccounts/[^/]+/blobServices/default/(?P<blob>containers))/(?P<item>[^/]+)",
     re.IGNORECASE,
 )
 _PROVIDER_PATH = r"/providers/{provider}/(?P<name>[^/]+)$"
@@ -251,34 +260,65 @@ def key_vault_baseline(r: Resource, config: Config = NO_CONFIG) -> list[str]:
     return out
 
 
+def checkpoint_store_baseline(r: Resource, config: Config = NO_CONFIG) -> list[str]:
+    """The checkpoint account takes Entra ID only (no shared key), TLS 1.2+, no public blobs or network;
+    its container's immutability policy keeps blobs write-once while letting them be appended to."""
+    if r.type == IMMUTABILITY_POLICY:
+        out = []
+        if r.props.get("allowProtectedAppendWrites") is not True:
+            out.append(_say(r, "protected append writes are not allowed: the app cannot append its checkpoints",
+                            "set allowProtectedAppendWrites to true"))
+        days = r.props.get("immutabilityPeriodSinceCreationInDays")
+        if not isinstance(days, int | float) or days < 1:
+            out.append(_say(r, "no retention period", "set immutabilityPeriodSinceCreationInDays to 1 or more"))
+        return out
+    if r.type != STORAGE_ACCOUNT:
+        return []
+    p, out = r.props, []
+    if p.get("allowSharedKeyAccess") is not False:
+        out.append(_say(r, "shared key (account key and SAS) access is allowed", "set allowSharedKeyAccess to false"))
+    if p.get("minimumTlsVersion") not in ("TLS1_2", "TLS1_3"):
+        out.append(_say(r, f"minimum TLS version {p.get('minimumTlsVersion')!r}", "set minimumTlsVersion to TLS1_2"))
+    if p.get("allowBlobPublicAccess") is not False:
+        out.append(_say(r, "public blob access is allowed", "set allowBlobPublicAccess to false"))
+    if p.get("publicNetworkAccess") != "Disabled":
+        out.append(_say(r, "public network access is not disabled",
+                        "set publicNetworkAccess to Disabled (reach it through its private endpoint)"))
+    return out
+
+
 def _role_guid(props: Props) -> str:
     return str(props.get("roleDefinitionId") or "").rstrip("/").rsplit("/", 1)[-1].lower()
 
 
 def role_assignment_scope(r: Resource, config: Config = NO_CONFIG) -> list[str]:
-    """Each grant names one secret or one key: never a vault, resource group or subscription."""
+    """Each grant names one secret, one key or one blob container: never a vault, account, resource group or subscription."""
     if r.type != ROLE_ASSIGNMENT:
         return []
     scope = str(r.props.get("scope") or "").rstrip("/")
     match = _ITEM_SCOPE.fullmatch(scope)
     if not match:
-        return [_say(r, f"scope {scope or '(unset)'!r} is broader than one Key Vault secret or key",
-                     "scope the grant to …/vaults/<vault>/secrets/<name> or …/vaults/<vault>/keys/<name>")]
+        return [_say(r, f"scope {scope or '(unset)'!r} is broader than one Key Vault secret or key or one blob container",
+                     "scope the grant to …/vaults/<vault>/secrets/<name>, …/vaults/<vault>/keys/<name> or "
+                     "…/storageAccounts/<account>/blobServices/default/containers/<name>")]
     role = ALLOWED_ROLES.get(_role_guid(r.props))
-    if role and match["kind"].lower() != role[1]:
-        return [_say(r, f"{role[0]} is granted on {match['kind']}/{match['item']}",
-                     f"grant {role[0]} on one of the vault's {role[1]} only")]
+    kind = (match["kind"] or match["blob"]).lower()
+    if role and kind != role[1]:
+        return [_say(r, f"{role[0]} is granted on {kind}/{match['item']}",
+                     f"grant {role[0]} on one {role[1].rstrip('s')} only")]
+    if role and len(role) > 2 and match["item"].lower() != role[2]:
+        return [_say(r, f"{role[0]} is granted on {kind}/{match['item']}", f"grant {role[0]} on {kind}/{role[2]} only")]
     return []
 
 
 def role_assignment_least_privilege(r: Resource, config: Config = NO_CONFIG) -> list[str]:
-    """Only Key Vault Secrets User (read one secret) and Crypto Service Encryption User (wrap/unwrap)."""
+    """Only the roles in ALLOWED_ROLES: read one secret, wrap/unwrap or sign with one key, append to one container."""
     if r.type != ROLE_ASSIGNMENT:
         return []
     role = _role_guid(r.props)
     if role not in ALLOWED_ROLES:
-        allowed = " or ".join(f"{name} ({guid})" for guid, (name, _) in ALLOWED_ROLES.items())
-        return [_say(r, f"role {role or '(unset)'} is not a reader role", f"grant {allowed} instead")]
+        allowed = " or ".join(f"{name} ({guid})" for guid, (name, *_) in ALLOWED_ROLES.items())
+        return [_say(r, f"role {role or '(unset)'} is not one this stack grants", f"grant {allowed} instead")]
     return []
 
 
@@ -836,6 +876,7 @@ RESOURCE_RULES: dict[str, ResourceRule] = {
     "postgres-tls-1-3": postgres_tls,
     "postgres-resilience": postgres_resilience,
     "key-vault-baseline": key_vault_baseline,
+    "checkpoint-store-baseline": checkpoint_store_baseline,
     "role-assignment-one-secret-or-key": role_assignment_scope,
     "role-assignment-least-privilege": role_assignment_least_privilege,
     "container-app-no-plaintext-secrets": container_app_secrets,

@@ -12,24 +12,36 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit import repository as repo
-from app.audit.anchor import FileSink, Signer, read_checkpoints
+from app.audit.anchor import (
+    CheckpointSink,
+    FileSink,
+    KeyVaultSigner,
+    Signer,
+    key_id,
+    read_checkpoints,
+    take_checkpoints,
+)
 from app.audit.chain import event_hash
 from app.audit.service import ANONYMOUS, Category, RequestMeta, record
 from app.db.session import DbContext, apply_context, make_engine, make_session_factory
 from app.main import create_app
 from tests.audit.test_chain import verify_cli
+from tests.support.azurite import AzurePlatform, BlobStorage
 from tests.support.database import ROOT, superuser_execute
 
 
@@ -39,24 +51,56 @@ def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
     path.chmod(0o600)
 
 
-@pytest.fixture
-def anchor(tmp_path: Path) -> dict[str, str]:
-    """A signing key only this user can read, its public key, and a file sink: the settings as variables."""
-    keys, sink = tmp_path / "keys", tmp_path / "sink"
+@dataclass
+class AnchorSetup:
+    """A checkpoint sink and key as the app is configured (`env`), and the test's own handle on the sink."""
+
+    env: dict[str, str]
+    sink: CheckpointSink  # what an auditor (or an attacker with write access to the sink) reads and appends through
+
+
+def _anchor(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AnchorSetup:
+    """A signing key only this user can read, its public key, and a sink of `kind`: the settings as variables.
+
+    `azure-blob`: a fresh container in Azurite; the app signs in as its managed identity through
+    the platform's identity endpoint (the variables include that endpoint's).
+    """
+    keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
-    sink.mkdir()
     key = Ed25519PrivateKey.generate()
     _write_key(keys / "checkpoint.key", key)
     (tmp_path / "checkpoint.pub").write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return {"PALISADE_AUDIT_CHECKPOINT_SINK": "file", "PALISADE_AUDIT_CHECKPOINT_DIR": str(sink),
-            "PALISADE_AUDIT_CHECKPOINT_KEY_FILE": str(keys / "checkpoint.key"),
-            "PALISADE_AUDIT_CHECKPOINT_PUBLIC_KEY_FILE": str(tmp_path / "checkpoint.pub")}
+    signing = {"PALISADE_AUDIT_CHECKPOINT_KEY_FILE": str(keys / "checkpoint.key"),
+               "PALISADE_AUDIT_CHECKPOINT_PUBLIC_KEY_FILE": str(tmp_path / "checkpoint.pub")}
+    if kind == "file":
+        sink = tmp_path / "sink"
+        sink.mkdir()
+        return AnchorSetup({"PALISADE_AUDIT_CHECKPOINT_SINK": "file", "PALISADE_AUDIT_CHECKPOINT_DIR": str(sink), **signing},
+                      FileSink(sink))
+    storage: BlobStorage = request.getfixturevalue("blob_storage")
+    container = storage.new_container()
+    return AnchorSetup({"PALISADE_AUDIT_CHECKPOINT_SINK": "azure-blob",
+                   "PALISADE_AUDIT_CHECKPOINT_BLOB_ACCOUNT_URL": storage.azurite.account_url,
+                   "PALISADE_AUDIT_CHECKPOINT_BLOB_CONTAINER": container,
+                   "PALISADE_AZURE_MANAGED_IDENTITY_CLIENT_ID": storage.client_id, **storage.platform, **signing},
+                  storage.azurite.admin_sink(container))
+
+
+@pytest.fixture(params=["file", "azure-blob"])
+def anchor(request: pytest.FixtureRequest, tmp_path: Path) -> AnchorSetup:
+    """Each sink in turn: every test of the checkpoints holds for both."""
+    return _anchor(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def blob_anchor(request: pytest.FixtureRequest, tmp_path: Path) -> AnchorSetup:
+    return _anchor("azure-blob", request, tmp_path)
 
 
 # What an auditor's machine has: the sink's copy and the public key, not the signing key.
-def _verifier(anchor: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in anchor.items() if k != "PALISADE_AUDIT_CHECKPOINT_KEY_FILE"}
+def _verifier(anchor: AnchorSetup) -> dict[str, str]:
+    return {k: v for k, v in anchor.env.items() if k != "PALISADE_AUDIT_CHECKPOINT_KEY_FILE"}
 
 
 @pytest.fixture
@@ -74,10 +118,10 @@ def _events(sessions: sessionmaker[Session], tenant_id: uuid.UUID, n: int) -> No
                    category=Category.role_change, action="role.grant", details={"role": "viewer"})
 
 
-def checkpoint_cli(database, anchor: dict[str, str], *tenants: uuid.UUID) -> subprocess.CompletedProcess[str]:
+def checkpoint_cli(database, anchor: AnchorSetup, *tenants: uuid.UUID) -> subprocess.CompletedProcess[str]:
     args = [arg for t in tenants for arg in ("--tenant", str(t))]
     return subprocess.run([sys.executable, "-m", "app.cli", "audit", "checkpoint", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PALISADE_DATABASE_URL": database.app_url, **anchor}, timeout=120)
+                          text=True, env={**os.environ, "PALISADE_DATABASE_URL": database.app_url, **anchor.env}, timeout=120)
 
 
 def rechain(database, tenant_id: uuid.UUID, seq: int, *, action: str = "role.revoke", keep: int | None = None) -> None:
@@ -165,40 +209,41 @@ def test_a_checkpoint_line_the_key_did_not_sign_is_named(sessions, database, anc
     tenant_id = uuid.uuid4()
     _events(sessions, tenant_id, 2)
     assert checkpoint_cli(database, anchor, tenant_id).returncode == 0
-    (day,) = Path(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]).iterdir()
-    line = json.loads(day.read_text())
-    forged = {**line, "seq": 1}  # the same signature over other values
+    ((source, number, raw),) = anchor.sink.read()  # the day's file or blob, its first line
+    forged = {**json.loads(raw), "seq": 1}  # the same signature over other values
     other = Signer(Ed25519PrivateKey.generate()).line(tenant_id, 2, "0" * 64, datetime.now(UTC))[1]  # another key
-    with day.open("a") as f:
-        f.write(json.dumps(forged) + "\n")
-        f.write(other.decode())
+    anchor.sink.append([json.dumps(forged).encode() + b"\n", other])  # whoever else can write to the sink
     found = verify_cli(database, tenant_id, env=_verifier(anchor))
     assert found.returncode == 1
-    assert f"BROKEN checkpoint {day}:2: its signature does not verify" in found.stderr
-    assert f"BROKEN checkpoint {day}:3: signed by key " in found.stderr and "not among the public keys" in found.stderr
+    assert f"BROKEN checkpoint {source}:2: its signature does not verify" in found.stderr
+    assert f"BROKEN checkpoint {source}:3: signed by key " in found.stderr and "not among the public keys" in found.stderr
     assert f"ok {tenant_id}: 2 events, anchored up to seq 2" in found.stdout  # the genuine checkpoint still counts
 
 
 def test_a_signing_key_others_can_read_is_refused(sessions, database, anchor) -> None:
-    Path(anchor["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"]).chmod(0o644)
+    Path(anchor.env["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"]).chmod(0o644)
     result = checkpoint_cli(database, anchor, uuid.uuid4())
     assert result.returncode == 1
     assert "refusing secret file" in result.stderr and "lets group or others access it" in result.stderr
-    assert list(Path(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]).iterdir()) == []
+    assert list(anchor.sink.read()) == []
 
 
-def test_the_app_checkpoints_what_it_appended_when_it_stops(database, idp, anchor) -> None:
+def test_the_app_checkpoints_what_it_appended_when_it_stops(database, idp, anchor, monkeypatch) -> None:
     from tests.support.api import settings_for
 
-    configured = {name.removeprefix("PALISADE_").lower(): value for name, value in anchor.items()}
+    for name, value in anchor.env.items():
+        if not name.startswith("PALISADE_"):
+            monkeypatch.setenv(name, value)  # the platform's identity endpoint, as the app's host gives it
+    configured = {name.removeprefix("PALISADE_").lower(): value for name, value in anchor.env.items()
+                  if name.startswith("PALISADE_")}
     settings = settings_for(database, idp, audit_checkpoint_seconds=0, **configured)  # no timer: only the stop-time checkpoint
     tenant_id = uuid.uuid4()  # a listed tenant: the app checkpoints every chain it lists
     superuser_execute(database.superuser_db_url, f"insert into tenants (id, name, slug) values ('{tenant_id}', 'A', 'a-{tenant_id}')")
     app = create_app(settings)
     with TestClient(app):
         _events(app.state.sessions, tenant_id, 3)
-    signer = Signer.from_file(anchor["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"])
-    found, bad = read_checkpoints(FileSink(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]), {signer.key_id: signer.public_key})
+    signer = Signer.from_file(anchor.env["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"])
+    found, bad = read_checkpoints(anchor.sink, {signer.key_id: signer.public_key})
     assert bad == []
     assert [(c.seq, c.hash) for c in found[tenant_id]] == [(3, _head_hash(database, tenant_id))]
 
@@ -217,8 +262,8 @@ def test_the_timer_checkpoints_only_chains_whose_head_moved(sessions, database, 
     tenant_id = uuid.uuid4()
     superuser_execute(database.superuser_db_url, f"insert into tenants (id, name, slug) values ('{tenant_id}', 'B', 'b-{tenant_id}')")
     _events(sessions, tenant_id, 2)
-    timer = Checkpointer(sessions, Signer.from_file(anchor["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"]),
-                         FileSink(anchor["PALISADE_AUDIT_CHECKPOINT_DIR"]), interval=3600)  # ticks called here, not timed
+    timer = Checkpointer(sessions, Signer.from_file(anchor.env["PALISADE_AUDIT_CHECKPOINT_KEY_FILE"]),
+                         anchor.sink, interval=3600)  # ticks called here, not timed
 
     def mine(taken: list) -> list[int]:
         return [c.seq for c in taken if c.tenant_id == tenant_id]
@@ -227,3 +272,110 @@ def test_the_timer_checkpoints_only_chains_whose_head_moved(sessions, database, 
     assert mine(timer.run_once()) == []  # the head did not move: nothing written for it
     _events(sessions, tenant_id, 1)
     assert mine(timer.run_once()) == [3]
+
+
+class TestTheAzureBlobSink:
+    """What only the blob sink has to show: the app appends to the day's blob and never replaces one."""
+
+    @staticmethod
+    def _today() -> str:
+        return f"checkpoints-{datetime.now(UTC):%Y-%m-%d}.jsonl"
+
+    def test_checkpoints_are_appended_after_what_the_days_blob_holds(self, sessions, database, blob_anchor,
+                                                                       blob_storage: BlobStorage) -> None:
+        blob_anchor.sink.append([b'{"earlier":"batch"}\n'])  # what another replica wrote today
+        tenant_id = uuid.uuid4()
+        _events(sessions, tenant_id, 2)
+        taken = checkpoint_cli(database, blob_anchor, tenant_id)
+        assert taken.returncode == 0, taken.stderr
+        container = blob_anchor.env["PALISADE_AUDIT_CHECKPOINT_BLOB_CONTAINER"]
+        with blob_storage.azurite.admin(container) as admin:
+            (blob,) = admin.list_blobs()
+            content = admin.download_blob(blob.name).readall()
+        assert (blob.name, blob.blob_type) == (self._today(), "AppendBlob")
+        earlier, line = content.splitlines()
+        assert earlier == b'{"earlier":"batch"}' and json.loads(line)["seq"] == 2
+
+    def test_a_blob_in_the_way_is_never_overwritten(self, sessions, database, blob_anchor, blob_storage: BlobStorage) -> None:
+        container = blob_anchor.env["PALISADE_AUDIT_CHECKPOINT_BLOB_CONTAINER"]
+        with blob_storage.azurite.admin(container) as admin:
+            admin.upload_blob(self._today(), b"someone else's block blob\n")  # not an append blob: appends are refused
+        tenant_id = uuid.uuid4()
+        _events(sessions, tenant_id, 2)
+        result = checkpoint_cli(database, blob_anchor, tenant_id)
+        assert result.returncode == 1
+        assert f"appending to {self._today()} in " in result.stderr and container in result.stderr
+        assert "HTTP 409" in result.stderr
+        assert [raw for _, _, raw in blob_anchor.sink.read()] == [b"someone else's block blob\n"]
+
+
+class TestKeyVaultSigning:
+    """Checkpoints signed by an EC P-256 key in Key Vault (ES256): the private key never leaves the vault."""
+
+    KEY = "audit-checkpoint"
+
+    @pytest.fixture
+    def vault_signer(self, key_vault, azure_platform: AzurePlatform, monkeypatch) -> Callable[[], KeyVaultSigner]:
+        from app.crypto.secrets import azure_credential
+
+        for name, value in azure_platform.environment.items():
+            monkeypatch.setenv(name, value)  # the platform's identity endpoint, as on Container Apps
+        key_vault.create_key(self.KEY, kty="EC")
+
+        def signer() -> KeyVaultSigner:  # what one app process builds from PALISADE_AUDIT_CHECKPOINT_KEY_URL
+            # verify_challenge_resource: a loopback vault can never be *.vault.azure.net (the deploy test's vault is).
+            return KeyVaultSigner(f"{key_vault.url}/keys/{self.KEY}",
+                                  azure_credential("managed", managed_identity_client_id=azure_platform.client_id),
+                                  connection_verify=str(azure_platform.pki.ca_file), verify_challenge_resource=False)
+
+        return signer
+
+    def test_a_rewrite_is_found_against_checkpoints_signed_in_the_vault_across_a_rotation(
+            self, sessions, database, key_vault, vault_signer, tmp_path: Path) -> None:
+        sink = FileSink(tmp_path)
+        tenant_id = uuid.uuid4()
+        _events(sessions, tenant_id, 3)
+        take_checkpoints(sessions, vault_signer(), sink, [tenant_id])  # seq 3, the key's first version
+        key_vault.create_key(self.KEY, kty="EC")  # the key's rotation policy adds a version
+        _events(sessions, tenant_id, 3)
+        take_checkpoints(sessions, vault_signer(), sink, [tenant_id])  # seq 6, a new process: the new version
+        assert any(ex.path.endswith("/sign") and ex.status == 200 for ex in key_vault.exchanges)
+
+        keys = vault_signer().public_keys()  # every version's public key
+        found, bad = read_checkpoints(sink, keys)
+        assert bad == [] and len(keys) == 2
+        assert [c.seq for c in found[tenant_id]] == [3, 6] and len({c.key for c in found[tenant_id]}) == 2
+
+        # An auditor verifies with the exported public keys alone.
+        public = tmp_path / "checkpoint.pub"
+        public.write_bytes(b"".join(k.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                                    for k in keys.values()))
+        auditor = {"PALISADE_AUDIT_CHECKPOINT_SINK": "file", "PALISADE_AUDIT_CHECKPOINT_DIR": str(tmp_path),
+                   "PALISADE_AUDIT_CHECKPOINT_PUBLIC_KEY_FILE": str(public)}
+        ok = verify_cli(database, tenant_id, env=auditor)
+        assert ok.returncode == 0, ok.stderr
+        assert f"ok {tenant_id}: 6 events, anchored up to seq 6" in ok.stdout
+        rechain(database, tenant_id, 2)
+        found_cli = verify_cli(database, tenant_id, env=auditor)
+        assert found_cli.returncode == 1
+        assert f"BROKEN {tenant_id}: rewritten: event seq 3 " in found_cli.stderr
+
+    def test_a_line_another_ec_key_signed_is_named(self, sessions, database, vault_signer, tmp_path: Path) -> None:
+        sink = FileSink(tmp_path)
+        signer = vault_signer()
+        tenant_id = uuid.uuid4()
+        _events(sessions, tenant_id, 1)
+        take_checkpoints(sessions, signer, sink, [tenant_id])
+        stranger = ec.generate_private_key(ec.SECP256R1())
+
+        class Stranger(Signer):  # an ES256 key that is not the vault's
+            key_id = key_id(stranger.public_key())
+
+            def sign(self, data: bytes) -> bytes:
+                r, s = decode_dss_signature(stranger.sign(data, ec.ECDSA(hashes.SHA256())))
+                return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+        sink.append([Stranger(Ed25519PrivateKey.generate()).line(tenant_id, 1, "0" * 64, datetime.now(UTC))[1]])
+        _, bad = read_checkpoints(sink, signer.public_keys())
+        assert [(b.line, b.reason.split(",")[0]) for b in bad] == [
+            (2, f"signed by key {key_id(stranger.public_key())}")]

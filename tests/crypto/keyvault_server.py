@@ -17,7 +17,8 @@ client options point them here (`authority=` or AZURE_AUTHORITY_HOST, `connectio
   `WWW-Authenticate: Bearer authorization="<authority>/<tenant>", resource="https://vault.azure.net"`),
   `GET/PUT /secrets/{name}[/{version}]`, `GET /keys/{name}[/{version}]`, `POST /keys/{name}/create`,
   `POST /keys/{name}/rotate`, `POST /keys/{name}/{version}/wrapkey|unwrapkey` (RSA-OAEP-256 with an RSA
-  key generated here; the private key never leaves this object). Every request must carry
+  key generated here; the private key never leaves this object), `GET /keys/{name}/versions` and
+  `POST /keys/{name}/{version}/sign` (ES256 with an EC P-256 key made by `create_key(kty="EC")`). Every request must carry
   `api-version` and a bearer token signed by the authority for this vault's resource and tenant;
   optional per-client permissions emulate RBAC (403 ForbiddenByRbac).
 """
@@ -46,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VAULT_RESOURCE = "https://vault.azure.net"
+STORAGE_RESOURCE = "https://storage.azure.com"
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _NAME_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
@@ -279,10 +281,16 @@ class FakeEntraID:
                           options={"require": ["exp", "iat", "aud", "iss", "tid"]})
 
     def managed_identity_token(self, client_id: str, principal_id: str, resource: str) -> str:
-        """An access token for a managed identity, as Azure's identity endpoint hands out."""
+        """An access token for a managed identity, as Azure's identity endpoint hands out.
+
+        Azure Storage is issued v1 tokens, whose issuer is `https://sts.windows.net/<tenant>/`
+        (what Azurite, like Storage, requires of a bearer token)."""
         now = int(time.time())
-        claims = {"aud": resource, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": self.tenant_id,
-                  "appid": client_id, "azp": client_id, "oid": principal_id, "sub": principal_id, "ver": "2.0",
+        v1 = resource.rstrip("/") == STORAGE_RESOURCE
+        issuer = f"https://sts.windows.net/{self.tenant_id}/" if v1 else self.issuer
+        claims = {"aud": resource, "iss": issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": self.tenant_id,
+                  "appid": client_id, "azp": client_id, "oid": principal_id, "sub": principal_id,
+                  "ver": "1.0" if v1 else "2.0",
                   "idtyp": "app", "xms_mirid": f"managed-identity/{client_id}"}
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
         self.issued.append(token)
@@ -390,7 +398,7 @@ class _SecretVersion:
 @dataclass
 class _KeyVersion:
     version: str
-    private_key: rsa.RSAPrivateKey
+    private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey  # RSA (wrap/unwrap) or EC P-256 (sign)
     created: int
     key_ops: list[str]
     enabled: bool = True
@@ -403,6 +411,8 @@ def _data_action(collection: str, method: str, rest: list[str]) -> str:
     operation = rest[-1] if rest else ""
     if operation in ("wrapkey", "unwrapkey"):
         return f"keys/{'wrapKey' if operation == 'wrapkey' else 'unwrapKey'}/action"
+    if operation == "sign":
+        return "keys/sign/action"
     return "keys/read" if method == "GET" else "keys/write"
 
 
@@ -451,8 +461,11 @@ class FakeKeyVault:
             self.secrets.setdefault(name.lower(), []).append(version)
             return version.version
 
-    def create_key(self, name: str, *, key_ops: list[str] | None = None) -> str:
+    def create_key(self, name: str, *, key_ops: list[str] | None = None, kty: str = "RSA") -> str:
+        """A new version of key `name`: RSA (wrap/unwrap), or `kty="EC"` for an EC P-256 key that signs (ES256)."""
         with self.lock:
+            if kty == "EC":
+                return self._new_key_version(name, 0, key_ops or ["sign", "verify"], curve="P-256").version
             return self._new_key_version(name, self.key_size, key_ops or list(self.DEFAULT_KEY_OPS)).version
 
     def disable_key_version(self, name: str, version: str) -> None:
@@ -461,7 +474,7 @@ class FakeKeyVault:
                 if kv.version == version:
                     kv.enabled = False
 
-    def private_numbers(self) -> list[rsa.RSAPrivateNumbers]:
+    def private_numbers(self) -> list[rsa.RSAPrivateNumbers | ec.EllipticCurvePrivateNumbers]:
         """Every key version's private numbers, so a test can prove none of them ever left this object."""
         return [kv.private_key.private_numbers() for versions in self.keys.values() for kv in versions]
 
@@ -563,17 +576,22 @@ class FakeKeyVault:
             return 200, self._secret_bundle(name, sv), {}
         return _kv_error(405, "MethodNotAllowed", f"{method} is not supported on secrets here")
 
-    def _new_key_version(self, name: str, size: int, key_ops: list[str]) -> _KeyVersion:
-        kv = _KeyVersion(uuid.uuid4().hex, rsa.generate_private_key(public_exponent=65537, key_size=size),
-                         int(time.time()), key_ops)
+    def _new_key_version(self, name: str, size: int, key_ops: list[str], curve: str | None = None) -> _KeyVersion:
+        private = (ec.generate_private_key(ec.SECP256R1()) if curve == "P-256"
+                   else rsa.generate_private_key(public_exponent=65537, key_size=size))
+        kv = _KeyVersion(uuid.uuid4().hex, private, int(time.time()), key_ops)
         self.keys.setdefault(name.lower(), []).append(kv)
         return kv
 
     def _key_bundle(self, name: str, kv: _KeyVersion) -> dict[str, Any]:
         public = kv.private_key.public_key().public_numbers()
+        if isinstance(public, ec.EllipticCurvePublicNumbers):
+            material = {"kty": "EC", "crv": "P-256", "x": b64url(public.x.to_bytes(32, "big")),
+                        "y": b64url(public.y.to_bytes(32, "big"))}
+        else:
+            material = {"kty": "RSA", "n": _int_b64(public.n), "e": _int_b64(public.e)}
         return {
-            "key": {"kid": f"{self.url}/keys/{name}/{kv.version}", "kty": "RSA", "key_ops": kv.key_ops,
-                    "n": _int_b64(public.n), "e": _int_b64(public.e)},
+            "key": {"kid": f"{self.url}/keys/{name}/{kv.version}", "key_ops": kv.key_ops, **material},
             "attributes": {"enabled": kv.enabled, "created": kv.created, "updated": kv.created,
                            "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90, "exportable": False},
             "tags": {},
@@ -588,7 +606,34 @@ class FakeKeyVault:
         return _kv_error(404, "KeyNotFound", f"A key with (name/id) {label} was not found in this key vault. If you "
                          "recently deleted this key you may be able to recover it using the correct recovery command.")
 
+    def _sign(self, name: str, version: str | None, body: dict[str, Any], client: str) -> Reply:
+        """ES256 over the digest the client sent (Key Vault signs digests): the raw r || s, as JWS has it."""
+        if not self._allowed(client, "keys/sign/action"):
+            return self._forbidden(client, "keys/sign/action")
+        kv = self._find_key(name, version)
+        if kv is None:
+            return self._key_not_found(name, version)
+        if not kv.enabled or "sign" not in kv.key_ops or not isinstance(kv.private_key, ec.EllipticCurvePrivateKey):
+            return _kv_error(403, "Forbidden", "Operation sign is not permitted on this key.", inner="KeyOperationForbidden")
+        if body.get("alg") != "ES256" or not isinstance(body.get("value"), str):
+            return _kv_error(400, "BadParameter", f"Unsupported algorithm or missing value: {body.get('alg')!r}")
+        digest = b64url_decode(body["value"])
+        if len(digest) != 32:
+            return _kv_error(400, "BadParameter", "ES256 signs a SHA-256 digest (32 bytes)")
+        from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
+
+        r, s_ = decode_dss_signature(kv.private_key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
+        return 200, {"kid": f"{self.url}/keys/{name}/{kv.version}", "value": b64url(r.to_bytes(32, "big") + s_.to_bytes(32, "big"))}, {}
+
     def _keys(self, method: str, name: str, rest: list[str], body: dict[str, Any], client: str) -> Reply:
+        if method == "GET" and rest == ["versions"]:
+            if not self._allowed(client, "keys/read"):
+                return self._forbidden(client, "keys/read")
+            return 200, {"value": [{"kid": f"{self.url}/keys/{name}/{kv.version}",
+                                    "attributes": {"enabled": kv.enabled, "created": kv.created, "updated": kv.created}}
+                                   for kv in self.keys.get(name, [])], "nextLink": None}, {}
+        if method == "POST" and len(rest) == 2 and rest[1] == "sign":
+            return self._sign(name, rest[0] or None, body, client)
         if method == "GET" and len(rest) <= 1:
             if not self._allowed(client, "keys/read"):
                 return self._forbidden(client, "keys/read")
@@ -611,6 +656,8 @@ class FakeKeyVault:
                 latest = self._find_key(name, None)
                 if latest is None:
                     return self._key_not_found(name, None)
+                if isinstance(latest.private_key, ec.EllipticCurvePrivateKey):
+                    return 200, self._key_bundle(name, self._new_key_version(name, 0, latest.key_ops, curve="P-256")), {}
                 size, ops = latest.private_key.key_size, latest.key_ops
             return 200, self._key_bundle(name, self._new_key_version(name, size, ops)), {}
         if method == "POST" and len(rest) == 2 and rest[1] in ("wrapkey", "unwrapkey"):

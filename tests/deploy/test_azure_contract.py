@@ -54,10 +54,14 @@ AUDIENCE = "palisade-api"
 APP_HOST = "palisade.example.com"
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
-# The data actions of the two built-in roles the program grants (Azure's role definitions).
+CRYPTO_USER = "12338af0-0e69-4776-bea7-57ae8d297424"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+# The data actions of the Key Vault built-in roles the program grants (Azure's role definitions;
+# Crypto User's, as far as the vault's key operations go).
 ROLE_ACTIONS = {
     SECRETS_USER: {"secrets/getSecret/action"},
     CRYPTO_SERVICE_ENCRYPTION_USER: {"keys/read", "keys/wrapKey/action", "keys/unwrapKey/action"},
+    CRYPTO_USER: {"keys/read", "keys/sign/action", "keys/wrapKey/action", "keys/unwrapKey/action"},
 }
 INFRA_PYTHON = ROOT / ".venv-infra" / "bin" / "python"
 CA_IN_CONTAINER = "/etc/palisade-test/ca-bundle.pem"
@@ -109,8 +113,10 @@ def rbac_from(contract: dict[str, Any]):
     """Azure RBAC on the vault, exactly as the program's role assignments grant it."""
     grants: set[tuple[str, str, str]] = set()
     for assignment in contract["role_assignments"]:
+        if assignment["in_storage"] is not None:
+            continue  # the checkpoint container's: the vault has no part in it
         inside = assignment["in_vault"]
-        assert inside is not None, f"a role assignment outside the vault: {assignment['scope']}"
+        assert inside is not None, f"a role assignment outside the vault and the storage account: {assignment['scope']}"
         for action in ROLE_ACTIONS.get(assignment["role"], set()):
             grants.add((assignment["principal_id"], action, inside))
 
@@ -119,6 +125,35 @@ def rbac_from(contract: dict[str, Any]):
         return (principal, action, target) in grants or (principal, action, "") in grants
 
     return authorize
+
+
+def test_the_app_takes_the_programs_checkpoint_store_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The API's settings as the program declares them, read by the app's own Settings, select the
+    azure-blob sink at the program's account and container and the program's signing key, as the
+    identity the program grants on exactly those two (no root, no image: the settings seam alone)."""
+    from app.audit.anchor import AzureBlobSink, KeyVaultSigner, signer_from_settings, sink_from_settings
+    from app.config import Settings
+
+    contract = render_contract({}, tmp_path)
+    env = contract["workloads"]["api"]["containers"]["api"]["env"]
+    for name in [n for n in os.environ if n.startswith(("PALISADE_", "AZURE_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)
+    sink, signer = sink_from_settings(settings), signer_from_settings(settings)
+    store, key = contract["checkpoint_store"], contract["checkpoint_key"]
+    assert isinstance(sink, AzureBlobSink) and sink.url == f"{store['account_url'].rstrip('/')}/{store['container']}"
+    assert isinstance(signer, KeyVaultSigner) and signer.key_url == key["uri"]
+
+    identity = next(i for i in contract["identities"].values()
+                    if i["client_id"] == settings.azure_managed_identity_client_id)
+    assert identity["name"] == "id-palisade-app"
+    assert any(contract["identities"][i] == identity for i in contract["workloads"]["api"]["identities"])
+    granted = {(a["role"], a["in_vault"] or a["in_storage"]) for a in contract["role_assignments"]
+               if a["principal_id"] == identity["principal_id"]}
+    assert (STORAGE_BLOB_DATA_CONTRIBUTOR, f"blobServices/default/containers/{store['container']}") in granted
+    assert (CRYPTO_USER, f"keys/{key['name']}") in granted
 
 
 @dataclass
@@ -193,6 +228,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     for name in contract["stored_secrets"]:
         vault.set_secret(name, values.get(name, f"{name}-{secrets.token_hex(16)}"))
     vault.create_key(contract["kek"]["name"], key_ops=["wrapKey", "unwrapKey"])
+    vault.create_key(contract["checkpoint_key"]["name"], kty="EC")
 
     how = {"add_hosts": {vault_host: "127.0.0.1"}, "volumes": [(str(bundle), CA_IN_CONTAINER, "ro")]}
     migrate = workload(contract, "migrate", "migrate", image, **how)

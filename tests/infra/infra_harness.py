@@ -41,6 +41,9 @@ AZURE_TYPES = {
     "azure-native:operationalinsights:Workspace": ("Microsoft.OperationalInsights/workspaces", "workspaceName"),
     "azure-native:applicationinsights:Component": ("Microsoft.Insights/components", "resourceName"),
     "azure-native:keyvault:Vault": ("Microsoft.KeyVault/vaults", "vaultName"),
+    "azure-native:storage:StorageAccount": ("Microsoft.Storage/storageAccounts", "accountName"),
+    "azure-native:storage:BlobContainer": (None, "containerName"),
+    "azure-native:storage:BlobContainerImmutabilityPolicy": (None, "immutabilityPolicyName"),
     "azure-native:monitor:DiagnosticSetting": (None, "name"),
     "azure-native:dbforpostgresql:Server": ("Microsoft.DBforPostgreSQL/flexibleServers", "serverName"),
     "azure-native:dbforpostgresql:Configuration": (None, "configurationName"),
@@ -137,6 +140,8 @@ class PalisadeMocks(pulumi.runtime.Mocks):
 
         if token == "azure-native:keyvault:Vault":
             state["properties"] = {**inputs["properties"], "vaultUri": f"https://{name}.vault.azure.net/"}
+        elif token == "azure-native:storage:StorageAccount":
+            state["primaryEndpoints"] = {"blob": f"https://{name}.blob.core.windows.net/"}
         elif token == "azure-native:keyvault:Key":
             uri = f"https://{inputs['vaultName']}.vault.azure.net/keys/{inputs['keyName']}"
             state.update(keyUri=uri, keyUriWithVersion=uri + "/0123456789abcdef")

@@ -5,8 +5,8 @@
 Runs the program under the harness's mocks for the example stack with OVERRIDES (stack config
 keys) on top, and writes, for the API container app and the migration job: each container's
 image, command, arguments, plain environment and Key Vault references; the identities assigned to
-it (client and principal ids); and every role assignment of the stack with its scope inside the
-vault. `tests/deploy/test_azure_contract.py` starts the real app from exactly this (it runs in the
+it (client and principal ids); every role assignment of the stack with its scope inside the vault
+or the storage account; and the audit checkpoint store (account URL, container) and signing key. `tests/deploy/test_azure_contract.py` starts the real app from exactly this (it runs in the
 app's environment, which has no Pulumi; this script runs in the program's, which has no app).
 """
 
@@ -33,12 +33,14 @@ def render(overrides: dict[str, object]) -> dict[str, object]:
         for r in run.of_type("azure-native:managedidentity:UserAssignedIdentity")
     }
     vault = run.one("azure-native:keyvault:Vault").state
+    account = run.one("azure-native:storage:StorageAccount").state
     grants = []
     for r in run.of_type("azure-native:authorization:RoleAssignment"):
         scope = r.inputs["scope"]
         inside = scope.split(vault["id"], 1)[1].lstrip("/") if scope.startswith(vault["id"]) else None
+        in_account = scope.split(account["id"], 1)[1].lstrip("/") if scope.startswith(account["id"] + "/") else None
         grants.append({"principal_id": r.inputs["principalId"], "role": r.inputs["roleDefinitionId"].rsplit("/", 1)[1],
-                       "scope": scope, "in_vault": inside})
+                       "scope": scope, "in_vault": inside, "in_storage": in_account})
     workloads = {}
     for token, label in WORKLOADS.items():
         resource = run.one(token)
@@ -60,10 +62,14 @@ def render(overrides: dict[str, object]) -> dict[str, object]:
             "ingress": configuration.get("ingress"),
             "containers": containers,
         }
-    key = run.one("azure-native:keyvault:Key").state
+    key = run.one("azure-native:keyvault:Key", "secrets-kek").state
+    checkpoint_key = run.one("azure-native:keyvault:Key", "secrets-checkpoint-key").state
     return {
         "vault": {"id": vault["id"], "uri": vault["properties"]["vaultUri"]},
         "kek": {"name": key["keyName"], "uri": key["keyUri"]},
+        "checkpoint_key": {"name": checkpoint_key["keyName"], "uri": checkpoint_key["keyUri"]},
+        "checkpoint_store": {"account_url": account["primaryEndpoints"]["blob"],
+                             "container": run.one("azure-native:storage:BlobContainer").inputs["containerName"]},
         "stored_secrets": sorted(r.inputs["secretName"] for r in run.of_type("azure-native:keyvault:Secret")),
         # The database URLs carry no secret (Entra ID tokens sign in): their exact form is part of the contract.
         "database_urls": {r.inputs["secretName"]: r.inputs["properties"]["value"]

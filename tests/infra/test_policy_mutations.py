@@ -608,6 +608,49 @@ for _id, _guid, _what in (
     mutation(_id, _what)(kek_role(_guid))
 
 
+def checkpoint_account(s: Stack) -> Resource:
+    return one(s, rules.STORAGE_ACCOUNT)
+
+
+def checkpoint_grant(s: Stack) -> Resource:
+    return one(s, rules.ROLE_ASSIGNMENT, lambda p: "/containers/" in p["scope"])
+
+
+for _id, _prop, _value, _what in (
+    ("checkpoints-shared-key", "allowSharedKeyAccess", True, "the checkpoint account takes its account key and SAS"),
+    ("checkpoints-tls-1-0", "minimumTlsVersion", "TLS1_0", "the checkpoint account accepts TLS 1.0"),
+    ("checkpoints-public-blobs", "allowBlobPublicAccess", True, "the checkpoint account allows public blobs"),
+    ("checkpoints-public-network", "publicNetworkAccess", "Enabled", "the checkpoint account is reachable from the Internet"),
+):
+    def _weaken(s: Stack, prop: str = _prop, value: object = _value) -> str:
+        account = checkpoint_account(s)
+        account.props[prop] = value
+        return account.name
+
+    mutation(_id, _what)(_weaken)
+
+
+@mutation("checkpoints-no-protected-appends", "the immutability policy stops the app appending (so it writes elsewhere)")
+def _(s):
+    policy = one(s, rules.IMMUTABILITY_POLICY)
+    policy.props["allowProtectedAppendWrites"] = False
+    return policy.name
+
+
+@mutation("checkpoints-grant-on-account", "the app's blob role is granted on the whole storage account")
+def _(s):
+    g = checkpoint_grant(s)
+    g.props["scope"] = g.props["scope"].split("/blobServices/")[0]
+    return g.name
+
+
+@mutation("crypto-user-on-kek", "Key Vault Crypto User, meant for the checkpoint key, is granted on the KEK")
+def _(s):
+    g = one(s, rules.ROLE_ASSIGNMENT, lambda p: p["scope"].endswith(f"/keys/{rules.CHECKPOINT_KEY}"))
+    g.props["scope"] = g.props["scope"].replace(f"/keys/{rules.CHECKPOINT_KEY}", "/keys/palisade-kek")
+    return g.name
+
+
 @mutation("api-granted-admin-url", "the API's identity may read the schema owner's URL")
 def _(s):
     template = grant(s, rules.ADMIN_DATABASE_URL_SECRET)

@@ -38,6 +38,9 @@ DNS = "cloudflare:index/dnsRecord:DnsRecord"
 HOST = '(http.host eq "palisade.example.com") and '
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
+CRYPTO_USER = "12338af0-0e69-4776-bea7-57ae8d297424"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+STORAGE_ACCOUNT = "azure-native:storage:StorageAccount"
 
 
 def secret_occurrences(value: Any, path: str = "", wrapped: bool = False):
@@ -63,12 +66,13 @@ def vault_secret(run: ProgramRun, name: str) -> dict:
 
 
 def grants(run: ProgramRun) -> dict[str, set[tuple[str, str]]]:
-    """identity name -> {(role guid, scope tail)} from the recorded role assignments."""
+    """identity name -> {(role guid, scope tail inside the vault or the storage account)} from the role assignments."""
     principal_to_identity = {r.state["principalId"]: r.inputs["resourceName"] for r in run.of_type(IDENTITY)}
     out: dict[str, set[tuple[str, str]]] = {}
     for r in run.of_type(ROLE):
         who = principal_to_identity[r.inputs["principalId"]]
-        tail = r.inputs["scope"].split("/providers/Microsoft.KeyVault/vaults/", 1)[1].split("/", 1)[1]
+        tail = r.inputs["scope"].split("/vaults/" if "/vaults/" in r.inputs["scope"] else "/storageAccounts/", 1)[1]
+        tail = tail.split("/", 1)[1]
         out.setdefault(who, set()).add((r.inputs["roleDefinitionId"].rsplit("/", 1)[1], tail))
     return out
 
@@ -123,9 +127,10 @@ class TestNetwork:
         assert subnets["database"]["delegations"][0]["serviceName"] == "Microsoft.DBforPostgreSQL/flexibleServers"
         assert subnets["endpoints"]["privateEndpointNetworkPolicies"] == "Enabled"
         zones = {r.inputs["privateZoneName"] for r in example.of_type("azure-native:privatedns:PrivateZone")}
-        assert zones == {"palisade.private.postgres.database.azure.com", "privatelink.vaultcore.azure.net"}
+        assert zones == {"palisade.private.postgres.database.azure.com", "privatelink.vaultcore.azure.net",
+                         "privatelink.blob.core.windows.net"}
         links = example.of_type("azure-native:privatedns:VirtualNetworkLink")
-        assert len(links) == 2 and all(link.inputs["registrationEnabled"] is False for link in links)
+        assert len(links) == 3 and all(link.inputs["registrationEnabled"] is False for link in links)
 
     def test_database_subnet_admits_postgres_only_from_the_apps_subnet(self, example):
         nsg = example.one("azure-native:network:NetworkSecurityGroup", "database-nsg").inputs
@@ -221,11 +226,11 @@ class TestKeyVault:
 
     def test_vault_is_reached_through_a_private_endpoint(self, example):
         vault_id = example.one(VAULT).state["id"]
-        endpoint = example.one("azure-native:network:PrivateEndpoint").inputs
+        endpoint = example.one("azure-native:network:PrivateEndpoint", "secrets-endpoint").inputs
         assert endpoint["subnet"]["id"].endswith("/subnets/endpoints")
         connection = endpoint["privateLinkServiceConnections"][0]
         assert (connection["privateLinkServiceId"], connection["groupIds"]) == (vault_id, ["vault"])
-        group = example.one("azure-native:network:PrivateDnsZoneGroup").inputs
+        group = example.one("azure-native:network:PrivateDnsZoneGroup", "secrets-endpoint-dns").inputs
         assert group["privateDnsZoneConfigs"][0]["privateDnsZoneId"].endswith("/privatelink.vaultcore.azure.net")
 
     def test_vault_audit_logs_go_to_log_analytics(self, example):
@@ -237,21 +242,60 @@ class TestKeyVault:
         assert {"categoryGroup": "allLogs", "enabled": True} in setting["logs"]
 
     def test_kek_is_an_hsm_rsa_key_for_wrapping_only(self, example, variant):
-        key = example.one(KEY).inputs["properties"]
+        key = example.one(KEY, "secrets-kek").inputs["properties"]
         assert (key["kty"], key["keySize"], sorted(key["keyOps"])) == ("RSA-HSM", 3072, ["unwrapKey", "wrapKey"])
         assert key["rotationPolicy"]["lifetimeActions"][0]["action"]["type"] == "rotate"
         assert example.one(VAULT).inputs["properties"]["sku"]["name"] == "premium"
-        assert variant.one(KEY).inputs["properties"]["kty"] == "RSA"
+        assert variant.one(KEY, "secrets-kek").inputs["properties"]["kty"] == "RSA"
         assert variant.one(VAULT).inputs["properties"]["sku"]["name"] == "standard"
 
 
+class TestAuditCheckpoints:
+    def test_the_account_takes_entra_id_only_over_tls_1_2_and_no_public_network(self, example):
+        account = example.one(STORAGE_ACCOUNT).inputs
+        assert account["allowSharedKeyAccess"] is False and account["defaultToOAuthAuthentication"] is True
+        assert account["minimumTlsVersion"] == "TLS1_2" and account["enableHttpsTrafficOnly"] is True
+        assert account["allowBlobPublicAccess"] is False and account["publicNetworkAccess"] == "Disabled"
+        assert account["networkRuleSet"] == {"defaultAction": "Deny", "bypass": "None", "ipRules": [], "virtualNetworkRules": []}
+        endpoint = example.one("azure-native:network:PrivateEndpoint", "checkpoints-endpoint").inputs
+        connection = endpoint["privateLinkServiceConnections"][0]
+        assert (connection["privateLinkServiceId"], connection["groupIds"]) == (example.one(STORAGE_ACCOUNT).state["id"], ["blob"])
+
+    def test_the_container_is_private_and_write_once_but_appendable(self, example):
+        container = example.one("azure-native:storage:BlobContainer").inputs
+        assert (container["containerName"], container["publicAccess"]) == ("audit-checkpoints", "None")
+        policy = example.one("azure-native:storage:BlobContainerImmutabilityPolicy").inputs
+        assert policy["containerName"] == "audit-checkpoints" and policy["allowProtectedAppendWrites"] is True
+        assert policy["immutabilityPeriodSinceCreationInDays"] == 365
+        longer = run_program({**example_stack_config(), "palisade:auditCheckpointRetentionDays": 2555})
+        assert longer.one("azure-native:storage:BlobContainerImmutabilityPolicy").inputs[
+            "immutabilityPeriodSinceCreationInDays"] == 2555
+
+    def test_checkpoints_are_signed_by_a_non_exportable_ec_key_that_only_signs(self, example, variant):
+        key = example.one(KEY, "secrets-checkpoint-key").inputs["properties"]
+        assert (key["kty"], key["curveName"], sorted(key["keyOps"])) == ("EC-HSM", "P-256", ["sign", "verify"])
+        assert key["attributes"]["exportable"] is False
+        assert variant.one(KEY, "secrets-checkpoint-key").inputs["properties"]["kty"] == "EC"
+
+    def test_the_app_is_pointed_at_the_container_and_the_key(self, example):
+        env = env_of(example.one(CONTAINER_APP).inputs["template"]["containers"][0])
+        account = example.one(STORAGE_ACCOUNT).inputs["accountName"]
+        assert {k: env[k]["value"] for k in env if k.startswith("PALISADE_AUDIT_CHECKPOINT_")} == {
+            "PALISADE_AUDIT_CHECKPOINT_SINK": "azure-blob",
+            "PALISADE_AUDIT_CHECKPOINT_BLOB_ACCOUNT_URL": f"https://{account}.blob.core.windows.net/",
+            "PALISADE_AUDIT_CHECKPOINT_BLOB_CONTAINER": "audit-checkpoints",
+            "PALISADE_AUDIT_CHECKPOINT_KEY_URL": example.one(KEY, "secrets-checkpoint-key").state["keyUri"],
+        }
+
+
 class TestIdentity:
-    def test_every_role_assignment_is_scoped_inside_the_vault(self, example):
+    def test_every_role_assignment_is_scoped_inside_the_vault_or_the_checkpoint_container(self, example):
         vault_id = example.one(VAULT).state["id"]
+        container = example.one(STORAGE_ACCOUNT).state["id"] + "/blobServices/default/containers/audit-checkpoints"
         assignments = example.of_type(ROLE)
         assert assignments
         for r in assignments:
-            assert r.inputs["scope"].startswith(vault_id + "/"), r.inputs["scope"]
+            assert r.inputs["scope"].startswith(vault_id + "/") or r.inputs["scope"] == container, r.inputs["scope"]
             assert r.inputs["principalType"] == "ServicePrincipal"
 
     def test_each_identity_holds_exactly_what_it_needs(self, example):
@@ -261,6 +305,8 @@ class TestIdentity:
                 (SECRETS_USER, "secrets/turnstile-secret"),
                 (SECRETS_USER, "secrets/appinsights-connection-string"),
                 (CRYPTO_SERVICE_ENCRYPTION_USER, "keys/palisade-kek"),
+                (CRYPTO_USER, "keys/palisade-audit-checkpoint"),
+                (STORAGE_BLOB_DATA_CONTRIBUTOR, "blobServices/default/containers/audit-checkpoints"),
             },
             "id-palisade-migrator": {
                 (SECRETS_USER, "secrets/admin-database-url"),
@@ -456,5 +502,5 @@ class TestStructure:
     def test_the_stack_is_composed_of_the_components(self, example):
         assert {r.type for r in example.resources if r.type.startswith("palisade:infra:")} == {
             f"palisade:infra:{c}" for c in
-            ("Network", "Monitoring", "Secrets", "Database", "Edge", "Identity", "AppEnvironment", "EdgeDns", "AppHosting",
-             "Alerting", "DatabaseAccess")}
+            ("Network", "Monitoring", "Secrets", "CheckpointStore", "Database", "Edge", "Identity", "AppEnvironment",
+             "EdgeDns", "AppHosting", "Alerting", "DatabaseAccess")}
