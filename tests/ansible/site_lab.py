@@ -69,7 +69,6 @@ class Lab:
         # The issuer's discovery document and keys, served on the host side of the test network.
         self.idp = OidcStub(ISSUER, host.host_ip)
         self.runs: list[PlaybookRun] = []
-        self.started = time.monotonic()
         # Versions installed so far, oldest first, and the source tree of the newest good build.
         self.versions: list[str] = [current_version()]
         self.newer_source: Path | None = None
