@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from azurite import ACCOUNT, CONTAINER, Azurite
 from conftest import ANSIBLE_DIR, REPO, TIMINGS, ops_bin
 from oidc_stub import OidcStub
 from testhost import TestHost, booted_hosts
@@ -81,8 +82,12 @@ class Lab:
         self.app_password = secrets.token_urlsafe(24)
         self.admin_password = secrets.token_urlsafe(24) + "/+@:"  # characters a URL must escape
         self.turnstile_secret = "0x4AAAAAAA" + secrets.token_hex(8)
+        self.backup_passphrase = secrets.token_urlsafe(32)
+        # The off-host backup repository: Azure Blob Storage (Azurite) on the host side of the test network.
+        self.azurite = Azurite(workdir, self.host.host_ip).start()
         # Every secret the inventory ever held (passwords before a rotation too): none may reach a log.
-        self.secrets_set: list[str] = [self.app_password, self.admin_password, self.turnstile_secret]
+        self.secrets_set: list[str] = [self.app_password, self.admin_password, self.turnstile_secret,
+                                       self.backup_passphrase, self.azurite.key]
         # The issuer's discovery document and keys, served on the host side of the test network.
         self.idp = OidcStub(ISSUER, self.host.host_ip)
         self.runs: list[PlaybookRun] = []
@@ -122,6 +127,12 @@ class Lab:
             "proxy_client_header_timeout_seconds": PROXY_CLIENT_TIMEOUT_SECONDS,
             "proxy_client_body_timeout_seconds": PROXY_CLIENT_TIMEOUT_SECONDS,
             "proxy_keepalive_timeout_seconds": PROXY_KEEPALIVE_TIMEOUT_SECONDS,
+            # The example's off-host repository, at Azurite instead of <account>.blob.core.windows.net.
+            "postgresql_backup_repo2_azure_account": ACCOUNT,
+            "postgresql_backup_repo2_azure_container": CONTAINER,
+            "postgresql_backup_repo2_azure_host": self.azurite.address,
+            "postgresql_backup_repo2_azure_port": self.azurite.port,
+            "postgresql_backup_repo2_ca_certificate": self.azurite.cert.read_text(),
             **self.site,
         }
         (group_vars / "zz-site.yml").write_text(yaml.safe_dump(site, sort_keys=False))
@@ -135,6 +146,8 @@ class Lab:
             "vault_palisade_db_admin_password": self.admin_password,
             "vault_palisade_db_app_password": self.app_password,
             "vault_palisade_turnstile_secret": self.turnstile_secret,
+            "vault_palisade_backup_cipher_passphrase": self.backup_passphrase,
+            "vault_palisade_backup_azure_key": self.azurite.key,
         }
         vault_file.write_text(yaml.safe_dump(vault))
         subprocess.run([str(ops_bin() / "ansible-vault"), "encrypt", "--vault-password-file", str(self.vault_password_file),
@@ -149,6 +162,7 @@ class Lab:
 
     def close(self) -> None:
         self.idp.close()
+        self.azurite.stop()
 
     def playbook(self, playbook: str, *extra: str, timeout: float = 1200) -> PlaybookRun:
         log = self.workdir / f"{len(self.runs) + 1:02d}-{Path(playbook).stem}.log"

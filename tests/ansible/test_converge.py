@@ -3,19 +3,22 @@
 The host is a debootstrap rootfs booted with systemd-nspawn in a network namespace this test makes;
 its only way out is an allow-listed proxy for the Debian mirrors (see testhost.py). The tests run in
 order and share the host: install, run again (nothing changes), check the result from outside
-(TLS 1.3 through nginx) and inside (doctor, sandbox, RLS), upgrade to a newer build, then try a
-broken build and watch it roll back. On a machine without systemd-nspawn the test installs it, and
+(TLS 1.3 through nginx) and inside (doctor, sandbox, RLS), check the backups (timers, two encrypted
+repositories, one of them off the host in Azurite), upgrade to a newer build, try a broken build and
+watch it roll back, and last restore the cluster to a point in time from the off-host repository. On a machine without systemd-nspawn the test installs it, and
 fails (never skips) when it cannot.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
 import socket
 import ssl
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -467,6 +470,12 @@ def test_no_database_password_in_any_log_after_install(lab):
     assert _secrets_in_logs(lab) == []
     for role in ("palisade_admin", "palisade_app"):
         assert all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in log.splitlines() if f'CREATE USER "{role}"' in line)
+    # The backups' cipher passphrase and storage key are on the host (pgbackrest.conf, root:postgres
+    # 0640), and the logs searched above include pgBackRest's own, written by the first full backup.
+    config = lab.host.ssh("sudo stat -c '%a %U %G' /etc/pgbackrest/pgbackrest.conf").stdout.split()
+    assert config == ["640", "root", "postgres"]
+    assert lab.backup_passphrase in lab.host.ssh("sudo cat /etc/pgbackrest/pgbackrest.conf").stdout
+    assert "palisade-backup.log" in lab.host.ssh("sudo ls /var/log/pgbackrest").stdout.split()
 
 
 def _kek_files(lab: Lab) -> dict[str, str]:
@@ -571,6 +580,50 @@ def test_the_kek_rotates_with_a_playbook_tag_and_credentials_still_read(lab):
     lab.kek["files"] = {name: entry for name, entry in files.items() if name != "."}
 
 
+# --- backups: pgBackRest -------------------------------------------------------------------------
+
+
+def _pgbackrest(lab: Lab, *args: str, check: bool = True):
+    return lab.host.ssh("sudo -u postgres pgbackrest --stanza=palisade " + " ".join(map(shlex.quote, args)), check=check,
+                        timeout=600)
+
+
+def _backup_info(lab: Lab, repo: int | None = None) -> dict:
+    return json.loads(_pgbackrest(lab, *([f"--repo={repo}"] if repo else []), "--output=json", "info").stdout)[0]
+
+
+def _backup_sets(lab: Lab, repo: int) -> list[dict]:
+    return _backup_info(lab, repo)["backup"]
+
+
+def _annotation(lab: Lab, label: str) -> str | None:
+    """The palisade-version annotation of one backup set in repo1, as `pgbackrest info --set` shows it."""
+    shown = _pgbackrest(lab, "--repo=1", f"--set={label}", "info").stdout
+    found = re.search(r"palisade-version: (\S+)", shown)
+    return found[1] if found else None
+
+
+def test_backups_are_scheduled_on_timers_into_two_encrypted_repositories(lab):
+    """Both timers are active; the first full backup is in the local repository and in the off-host
+    one (Azure Blob Storage, here Azurite), and what lands there is ciphertext: the repository's own
+    index file is an OpenSSL-encrypted file (pgBackRest writes its Salted__ header), not JSON/INI."""
+    timers = lab.host.ssh("systemctl is-active pgbackrest-full.timer pgbackrest-diff.timer", check=False).stdout.split()
+    assert timers == ["active", "active"]
+    assert lab.host.ssh("systemctl is-enabled pgbackrest-full.timer pgbackrest-diff.timer").stdout.split() == ["enabled"] * 2
+    info = _backup_info(lab)
+    assert info["status"]["code"] == 0, info["status"]
+    assert [(repo["key"], repo["cipher"], repo["status"]["code"]) for repo in info["repo"]] == [
+        (1, "aes-256-cbc", 0), (2, "aes-256-cbc", 0)]
+    assert {backup["database"]["repo-key"] for backup in info["backup"] if backup["type"] == "full"} == {1, 2}
+    local = lab.host.ssh("sudo head -c 8 /var/lib/pgbackrest/backup/palisade/backup.info").stdout
+    assert local == "Salted__"
+    off_host = lab.azurite.blob("list", "pgbackrest", "palisade/").split()
+    assert "palisade/backup/palisade/backup.info" in off_host
+    assert any(name.startswith("palisade/archive/palisade/15-1/") for name in off_host), off_host
+    blob = base64.b64decode(lab.azurite.blob("read", "pgbackrest", "palisade/backup/palisade/backup.info"))
+    assert blob.startswith(b"Salted__"), blob[:40]
+
+
 # --- upgrade -------------------------------------------------------------------------------------
 
 
@@ -620,8 +673,8 @@ def test_upgrade_to_a_newer_build_keeps_all_data(lab):
     assert _tenant_slugs(lab) == before == ["acme"]
     comment = lab.host.ssh("sudo -u postgres psql -XAtq -d palisade -c \"select obj_description('tenants'::regclass)\"")
     assert comment.stdout.strip() == PROBE_COMMENT
-    backups = lab.host.ssh("sudo ls /var/backups/palisade").stdout.split()
-    assert any(name.startswith(f"palisade-{old}-") and name.endswith(".dump") for name in backups), backups
+    newest = _backup_sets(lab, repo=1)[-1]
+    assert newest["type"] == "incr" and _annotation(lab, newest["label"]) == old, newest
     assert lab.host.ssh("sudo palisadectl doctor", check=False).returncode == 0
     verified = lab.host.ssh("sudo palisadectl audit verify", check=False)
     assert verified.returncode == 0 and "ok " in verified.stdout, verified.stdout + verified.stderr
@@ -636,11 +689,70 @@ def test_broken_build_rolls_back_to_the_running_release(lab):
     assert run.returncode != 0, "the broken build was not refused"
     assert "UPGRADE FAILED on " in run.output
     assert f"is back on {running}" in run.output and "answers its health check" in run.output
-    assert "pg_restore --clean --create" in run.output and f"/var/backups/palisade/palisade-{running}-" in run.output
+    # The restore steps name the pgBackRest backup taken before this attempt, while `running` ran.
+    label = re.search(r"pgbackrest --stanza=palisade --repo=1 --set=(\S+) --type=immediate --target-action=promote "
+                      r"--delta restore", run.output)
+    assert label, run.tail()
+    assert label[1] == _backup_sets(lab, repo=1)[-1]["label"] and _annotation(lab, label[1]) == running
     assert _current_release(lab) == f"releases/{running}"
     assert lab.host.ssh("systemctl is-active palisade.service").stdout.strip() == "active"
     negotiated, status, _, _ = _https_get(lab, "/health/ready")
     assert (negotiated, status) == ("TLSv1.3", 200)
     assert _tenant_slugs(lab) == ["acme"]
-    # Two upgrades (one rolled back), a KEK rotation and a password rotation later: still no secret in any log.
+
+
+# --- restore: the README's runbook, to a point in time, from the off-host repository --------------
+
+
+def test_point_in_time_restore_from_the_off_host_repository(lab):
+    """A backup through the scheduled unit, a tenant, the target time, another tenant; then the
+    README's restore runbook into a fresh data directory from repo2 (Azurite) to that time. The
+    first tenant is back, the second is not, and doctor and audit verify pass on the restored
+    database. Destructive (the cluster is replaced): the last test of the module."""
+    started = time.monotonic()
+    backup = lab.host.ssh("sudo systemctl start pgbackrest-backup@diff.service", check=False, timeout=600)
+    assert backup.returncode == 0, backup.stderr
+    assert [b["type"] for b in _backup_sets(lab, repo=2)][-1] == "diff"
+    TIMINGS.append(f"differential backup into both repositories: {time.monotonic() - started:.0f}s")
+
+    def create_tenant(slug: str) -> None:
+        created = lab.host.ssh(f"sudo palisadectl tenant create --name {slug} --slug {slug} --admin-issuer {ISSUER} "
+                               f"--admin-subject {slug}-admin", check=False)
+        assert created.returncode == 0, created.stdout + created.stderr
+
+    create_tenant("before-target")
+    target = lab.host.ssh("sudo -u postgres psql -XAtq -c \"select clock_timestamp() at time zone 'UTC'\"").stdout.strip()
+    create_tenant("after-target")
+    # Waits until the current WAL segment (holding the second tenant) is in every repository.
+    _pgbackrest(lab, "check")
+    assert _tenant_slugs(lab) == ["acme", "after-target", "before-target"]
+
+    started = time.monotonic()
+    runbook = f"""set -eux
+systemctl stop palisade
+systemctl stop postgresql@15-main
+mv /var/lib/postgresql/15/main /var/lib/postgresql/15/main.before-restore
+install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/15/main
+sudo -u postgres pgbackrest --stanza=palisade --repo=2 --type=time --target='{target}+00' --target-action=promote restore
+systemctl start postgresql@15-main
+until [ "$(sudo -u postgres psql -XAtq -c 'select pg_is_in_recovery()')" = f ]; do sleep 1; done
+systemctl start palisade
+"""
+    restored = lab.host.ssh("sudo sh -s", input=runbook, check=False, timeout=900)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    TIMINGS.append(f"point-in-time restore from repo2 (Azurite): {time.monotonic() - started:.0f}s")
+
+    assert _tenant_slugs(lab) == ["acme", "before-target"]
+    doctor = lab.host.ssh("sudo palisadectl doctor", check=False)
+    assert doctor.returncode == 0 and re.search(r"doctor: all \d+ checks passed", doctor.stdout), doctor.stdout + doctor.stderr
+    verified = lab.host.ssh("sudo palisadectl audit verify", check=False)
+    assert verified.returncode == 0 and "ok " in verified.stdout, verified.stdout + verified.stderr
+    # The app restarted with the runbook's last step: wait for it to answer (a 502 until it listens).
+    for _ in range(60):
+        _, status, _, _ = _https_get(lab, "/health/ready")
+        if status == 200:
+            break
+        time.sleep(2)
+    assert status == 200
+    # Upgrades (one rolled back), KEK and password rotations, a restore: still no secret in any log.
     assert _secrets_in_logs(lab) == []
