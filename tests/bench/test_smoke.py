@@ -82,7 +82,10 @@ class TestHostile:
                 assert cost["request_bytes"] <= 1_048_576 and set(cost["statuses"]) <= {"400", "422"}, (name, cost)
         p99 = [r for r in section["rows"] if r["metric"].startswith("tenant B p99")]
         assert len(p99) == 2 and all(r["value"] > 0 and r["baseline"] > 0 for r in p99)
-        assert section["artifacts"]["refused"]["statuses"] == {"429": section["artifacts"]["refused"]["statuses"]["429"]}
+        # Past its allowance the neighbour's costliest body is refused: by the limiter (429), or before
+        # it by the body checks (422 shape, 413 cap) when that body never reaches the limiter.
+        refused = section["artifacts"]["refused"]["statuses"]
+        assert refused and set(refused) <= {"413", "422", "429"}, refused
 
 
 class TestSignIns:
