@@ -57,3 +57,34 @@ class TestSiteVerifiesTheBundleFirst:
         unpacked = tmp_path / "build/verified" / release_bundle.stem / release_bundle.stem
         wheel = unpacked / f"palisade-{project_version()}-py3-none-any.whl"
         assert wheel.is_file()
+
+
+class TestTheVerifiedBundleInstalls:
+    def test_its_wheel_and_wheelhouse_install_with_no_index(self, release_bundle, release_keys, tmp_path, ansible_env):
+        """build.yml then install.yml on this Debian 12 machine (connection local), into scratch directories."""
+        playbook = [{
+            "name": "Install from the release bundle into a scratch directory",
+            "hosts": "localhost", "connection": "local", "gather_facts": False,
+            "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                     "palisade_release_bundle": str(release_bundle),
+                     "palisade_release_public_key": Path(f"{release_keys['vendor']}.pub").read_text().splitlines()[1],
+                     "palisade_build_dir": str(tmp_path / "build"), "palisade_python": "/usr/bin/python3",
+                     "palisade_staging_dir": str(tmp_path / "staging")},
+            "tasks": [
+                {"name": "Verify the bundle and name the artifacts",
+                 "ansible.builtin.include_role": {"name": "palisade", "tasks_from": "build"}},
+                {"name": "Install the release", "ansible.builtin.include_role": {"name": "palisade", "tasks_from": "install"},
+                 "vars": {"palisade_install_dir": str(tmp_path / "release")}},
+            ]}]
+        (tmp_path / "install.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
+        result = subprocess.run([str(ops_bin() / "ansible-playbook"), "-i", "localhost,", str(tmp_path / "install.yml")],
+                                cwd=ANSIBLE_DIR, env=ansible_env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-5000:]
+        assert f"Verified palisade {project_version()}" in result.stdout
+        installed = subprocess.run([str(tmp_path / "release/bin/python"), "-c",
+                                    "import importlib.metadata as m; print(m.version('palisade'))"],
+                                   capture_output=True, text=True, timeout=60)
+        assert installed.stdout.strip() == project_version()
+        assert (tmp_path / "release/.palisade-release").read_text().strip() == project_version()
+        # Nothing was built or downloaded: the wheel and the wheelhouse came from the verified bundle.
+        assert not (tmp_path / "build/wheels").exists() and not (tmp_path / "build/wheelhouse").exists()
