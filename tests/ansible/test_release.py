@@ -17,6 +17,8 @@ import yaml
 from conftest import REPO
 from release_lab import git, pack, project_version, release, run, scratch_repo, sha256, tampered_copy, verify
 
+pytestmark = pytest.mark.release
+
 
 def wheel_name(version: str) -> str:
     return f"palisade-{version}-py3-none-any.whl"

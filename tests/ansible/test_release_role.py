@@ -10,9 +10,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ANSIBLE_DIR, ops_bin
 from release_lab import pack, project_version, sha256, tampered_copy
+
+pytestmark = pytest.mark.release
 
 
 def site(bundle: Path, key: Path, where: Path, ansible_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
