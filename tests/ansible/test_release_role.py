@@ -1,4 +1,4 @@
-"""site.yml with palisade_release_bundle: the bundle is verified on the control node before any host.
+"""site.yml and upgrade.yml with palisade_release_bundle: the bundle is verified on the control node first.
 
 The inventory's hosts are an address where nothing listens: a host that the run tried to reach
 shows as UNREACHABLE. A refused bundle stops the run before any host is contacted; a good one
@@ -18,7 +18,8 @@ from release_lab import pack, project_version, sha256, tampered_copy
 pytestmark = pytest.mark.release
 
 
-def site(bundle: Path, key: Path, where: Path, ansible_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def site(bundle: Path, key: Path, where: Path, ansible_env: dict[str, str],
+         playbook: str = "site.yml") -> subprocess.CompletedProcess[str]:
     nowhere = {"ansible_host": "127.0.0.1", "ansible_port": 9, "ansible_user": "nobody"}
     inventory = {"all": {
         "children": {"palisade": {"hosts": {"app1": nowhere}}, "postgresql": {"hosts": {"db1": nowhere}}},
@@ -26,17 +27,18 @@ def site(bundle: Path, key: Path, where: Path, ansible_env: dict[str, str]) -> s
                  "palisade_release_public_key": Path(f"{key}.pub").read_text().splitlines()[1],
                  "palisade_build_dir": str(where / "build")}}}
     (where / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    return subprocess.run([str(ops_bin() / "ansible-playbook"), "-i", str(where / "hosts.yml"), "site.yml"],
+    return subprocess.run([str(ops_bin() / "ansible-playbook"), "-i", str(where / "hosts.yml"), playbook],
                           cwd=ANSIBLE_DIR, env=ansible_env, capture_output=True, text=True, timeout=600)
 
 
 class TestSiteVerifiesTheBundleFirst:
+    @pytest.mark.parametrize("playbook", ["site.yml", "upgrade.yml"])
     def test_a_tampered_bundle_is_refused_before_any_host_is_contacted(self, release_unpacked, release_keys, tmp_path,
-                                                                       ansible_env):
+                                                                       ansible_env, playbook):
         copy = tampered_copy(release_unpacked, tmp_path)
         wheel = copy / f"palisade-{project_version()}-py3-none-any.whl"
         wheel.write_bytes(wheel.read_bytes() + b"\0")
-        result = site(pack(copy), release_keys["vendor"], tmp_path, ansible_env)
+        result = site(pack(copy), release_keys["vendor"], tmp_path, ansible_env, playbook)
         assert result.returncode != 0
         assert "Refused the release bundle" in result.stdout, result.stdout
         assert f"{wheel.name} does not match its SHA-256 in SHA256SUMS" in result.stdout
