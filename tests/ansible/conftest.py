@@ -45,3 +45,45 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("Ansible converge timings")
         for line in TIMINGS:
             terminalreporter.write_line(line)
+
+
+# --- release bundles (scripts/release), shared by test_release.py and test_release_role.py --------
+
+
+@pytest.fixture(scope="session")
+def release_keys(tmp_path_factory) -> dict[str, Path]:
+    """The vendor's release key and another one (minisign key pairs, base path without .pub/.sec)."""
+    from release_lab import keypair
+
+    where = tmp_path_factory.mktemp("keys")
+    return {name: keypair(where, name) for name in ("vendor", "other")}
+
+
+@pytest.fixture(scope="session")
+def release_repo(tmp_path_factory) -> Path:
+    """A scratch repository of this working tree, committed and tagged v<version>."""
+    from release_lab import scratch_repo
+
+    return scratch_repo(tmp_path_factory.mktemp("release") / "repo")
+
+
+@pytest.fixture(scope="session")
+def release_bundle(release_repo, release_keys, tmp_path_factory) -> Path:
+    """A bundle built by scripts/release from release_repo."""
+    from release_lab import release
+
+    out = tmp_path_factory.mktemp("out")
+    release(release_repo, "build", "--key", f"{release_keys['vendor']}.sec", "--out", str(out))
+    [built] = out.glob("*.tar")
+    return built
+
+
+@pytest.fixture(scope="session")
+def release_unpacked(release_bundle, tmp_path_factory) -> Path:
+    import tarfile
+
+    where = tmp_path_factory.mktemp("unpacked")
+    with tarfile.open(release_bundle) as tar:
+        tar.extractall(where, filter="data")
+    [top] = where.iterdir()
+    return top
