@@ -13,7 +13,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import create_engine, pool, text
@@ -54,8 +54,7 @@ def upgrade(*, admin_url: str, app_role: str, revision: str = "head") -> None:
             applied = [rev.revision for rev in script.iterate_revisions(current, "base")]  # newest first
             if COMPATIBILITY_SINCE not in applied:
                 return
-            stops = [rev for rev in applied[: applied.index(COMPATIBILITY_SINCE)]
-                     if getattr(script.get_revision(rev).module, "needs_stop", None)]
+            stops = [rev for rev in applied[: applied.index(COMPATIBILITY_SINCE)] if _needs_stop(script.get_revision(rev))]
             conn.execute(text("UPDATE schema_compatibility SET compatible_since = :since"),
                          {"since": stops[0] if stops else COMPATIBILITY_SINCE})
     finally:
@@ -141,13 +140,18 @@ def plan(*, admin_url: str) -> MigrationPlan:
     except (CommandError, RevisionError):
         raise UnknownRevision(f"the database is at {', '.join(current)}, which this release does not know") from None
     pending = tuple(
-        PendingMigration(revision=rev.revision, doc=" ".join((rev.doc or "").split()),
-                         needs_stop=getattr(rev.module, "needs_stop", None))
+        PendingMigration(revision=rev.revision, doc=" ".join((rev.doc or "").split()), needs_stop=_needs_stop(rev))
         for rev in reversed(revisions) if rev.revision not in current
     )
     head = script.get_current_head()
     assert head is not None
     return MigrationPlan(current=current, head=head, pending=pending)
+
+
+def _needs_stop(rev: Script) -> str | None:
+    """Why the previous release must be stopped before this migration (its module's `needs_stop`),
+    or None for an expand step."""
+    return getattr(rev.module, "needs_stop", None)
 
 
 def _scripts() -> ScriptDirectory:
